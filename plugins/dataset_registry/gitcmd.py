@@ -1,0 +1,94 @@
+"""Running git and DVC as subprocesses: argument lists only, secrets redacted from every error."""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+log = logging.getLogger(__name__)
+
+PLUGINS_DIR = Path(__file__).resolve().parents[1]
+
+
+class CommandError(RuntimeError):
+    """A git or DVC command failed; ``output`` is its redacted stderr/stdout."""
+
+    def __init__(self, message: str, output: str = "", returncode: int | None = None):
+        super().__init__(message)
+        self.output = output
+        self.returncode = returncode
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class Runner:
+    """Runs commands in one working directory with one environment; never through a shell."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], secrets: Sequence[str] = (), timeout: float = 3600):
+        self.cwd = Path(cwd)
+        self.env = env
+        self.secrets = [s for s in secrets if s]
+        self.timeout = timeout
+
+    def run(self, args: Sequence[str], *, check: bool = True, what: str | None = None,
+            input_text: str | None = None) -> subprocess.CompletedProcess:
+        args = [str(a) for a in args]
+        try:
+            proc = subprocess.run(
+                args, cwd=self.cwd, env=self.env, capture_output=True, text=True,
+                timeout=self.timeout, input=input_text, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise CommandError(f"{what or self._name(args)} timed out after {self.timeout:.0f} s") from None
+        if check and proc.returncode != 0:
+            output = redact((proc.stderr or "") + (proc.stdout or ""), self.secrets).strip()
+            raise CommandError(
+                f"{what or self._name(args)} failed (exit {proc.returncode}): {_tail(output)}",
+                output=output, returncode=proc.returncode,
+            )
+        return proc
+
+    def git(self, *args: str, check: bool = True, what: str | None = None) -> str:
+        return self.run(["git", *args], check=check, what=what).stdout.strip()
+
+    def dvc(self, *args: str, what: str | None = None) -> str:
+        return self.run([sys.executable, "-m", "dataset_registry.dvc_cli", *args], what=what).stdout
+
+    @staticmethod
+    def _name(args: Sequence[str]) -> str:
+        if args and args[0] == "git":
+            return "git " + (args[1] if len(args) > 1 else "")
+        if "dataset_registry.dvc_cli" in args:
+            i = list(args).index("dataset_registry.dvc_cli")
+            return "dvc " + (args[i + 1] if len(args) > i + 1 else "")
+        return args[0] if args else "command"
+
+
+def _tail(text: str, limit: int = 1500) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    text = "\n".join(lines[-12:])
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def base_env() -> dict[str, str]:
+    """A clean environment for git/DVC: no prompts, no pager, no analytics, our package importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "DATASET_REGISTRY_"))}
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        GIT_PAGER="cat",
+        GIT_CONFIG_NOSYSTEM="1",
+        DVC_NO_ANALYTICS="1",
+        DVC_NO_UPDATER="1" if "DVC_NO_UPDATER" not in env else env["DVC_NO_UPDATER"],
+        LC_ALL="C.UTF-8",
+    )
+    existing = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(PLUGINS_DIR) + (os.pathsep + existing if existing else "")
+    return env
