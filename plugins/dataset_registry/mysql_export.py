@@ -31,8 +31,21 @@ PROGRESS_SECONDS = 10.0
 _PLAIN_TYPES = {0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 246}  # numbers, dates, times, years
 
 
+# Server errors that a retry cannot fix (syntax, unknown table/column/database, access denied).
+PERMANENT_ERRORS = {1044, 1045, 1049, 1054, 1064, 1142, 1146, 1149, 1242, 1267, 1305}
+
+
 class ExportError(RuntimeError):
     """The export failed; the message carries the server's own words."""
+
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def _retryable(exc: BaseException) -> bool:
+    args = getattr(exc, "args", ())
+    return not (args and isinstance(args[0], int) and args[0] in PERMANENT_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,7 @@ def load_callable(spec: str, search_path: Path | None = None) -> Callable:
         module = importlib.import_module(module_name)
         return getattr(module, func_name)
     except (ImportError, AttributeError) as exc:
-        raise ExportError(f"cannot load callable {spec!r}: {exc}") from exc
+        raise ExportError(f"cannot load callable {spec!r}: {exc}", retryable=False) from exc
 
 
 def _text_converters() -> dict:
@@ -78,7 +91,7 @@ def connect(params: dict[str, Any]):
         return MySQLdb.connect(**args)
     except MySQLdb.Error as exc:
         where = params.get("unix_socket") or f"{params.get('host')}:{params.get('port', 3306)}"
-        raise ExportError(f"cannot connect to MySQL at {where}: {_server_message(exc)}") from None
+        raise ExportError(f"cannot connect to MySQL at {where}: {_server_message(exc)}", _retryable(exc)) from None
 
 
 def _server_message(exc: BaseException) -> str:
@@ -130,9 +143,9 @@ def export_query(
             cursor.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             cursor.execute(sql)
         except MySQLdb.Error as exc:
-            raise ExportError(f"query failed: {_server_message(exc)}") from None
+            raise ExportError(f"query failed: {_server_message(exc)}", _retryable(exc)) from None
         if cursor.description is None:
-            raise ExportError("the query returned no result set (is it a SELECT?)")
+            raise ExportError("the query returned no result set (is it a SELECT?)", retryable=False)
         columns = [d[0] for d in cursor.description]
         plain = [d[1] in _PLAIN_TYPES for d in cursor.description]
         formatter = csv_format.compile_row_formatter(plain)
@@ -215,7 +228,7 @@ def _preprocessing_writer(preprocess: Callable, columns: list[str]):
         frame = pd.DataFrame.from_records(batch, columns=columns)
         result = preprocess(frame)
         if not isinstance(result, pd.DataFrame):
-            raise ExportError(f"preprocess returned {type(result).__name__}, expected a pandas DataFrame")
+            raise ExportError(f"preprocess returned {type(result).__name__}, expected a pandas DataFrame", retryable=False)
         lines = [csv_format.header_line([str(c) for c in result.columns])] if with_header else []
         fmt = csv_format.format_value
         for row in result.itertuples(index=False, name=None):

@@ -125,9 +125,10 @@ def load_project(path: Path) -> ProjectConfig:
     query_path = None
     if query.strip().endswith(".sql") and "\n" not in query.strip():
         rel = Path(query.strip())
-        if rel.is_absolute() or ".." in rel.parts:
-            fail("query", "a .sql path must be relative to the YAML file and stay inside its folder tree")
         query_path = (path.parent / rel).resolve()
+        root = path.parent.resolve().parent  # the include/ tree that holds the projects folder
+        if rel.is_absolute() or not query_path.is_relative_to(root):
+            fail("query", f"a .sql path must be relative to the YAML file and stay inside {root}")
         if not query_path.is_file():
             fail("query", f"SQL file {query_path} does not exist")
         query = ""

@@ -1,0 +1,20 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTEST_ARGS ?=
+
+help:
+	@echo "make demo   - set up everything and run version_demo on embedded defaults"
+	@echo "make test   - set up everything and run the whole test suite"
+	@echo "make setup  - only the idempotent bootstrap (apt, MariaDB, .venv, Airflow DB)"
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	@bash scripts/demo.sh
+
+test: setup
+	@source scripts/env.sh && python -m pytest $(PYTEST_ARGS)
+
+.PHONY: help setup demo test

@@ -1,0 +1,132 @@
+"""VersionDatasetOperator: one time window of raw MySQL rows -> CSV -> DVC -> immutable tag.
+
+Export and publish run in one task on purpose: the CSV never has to cross workers, so the DAG runs
+unchanged on Celery/Kubernetes. Heavy modules (MySQLdb, pandas, dvc) are imported in ``execute``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from dataset_registry.names import InvalidNameError, validate_output, validate_project, validate_version
+from dataset_registry.project_config import DEFAULT_VERSION_TEMPLATE
+from dataset_registry.window import WindowError, effective_window
+
+
+class VersionDatasetOperator(BaseOperator):
+    """Export the project's query for the effective window and publish it as ``<project>/<version>``.
+
+    :param version: explicit version (trigger param); empty -> ``version_template`` rendered with the
+        effective window as ``data_interval_start``/``data_interval_end``.
+    :param start, end: ISO datetimes overriding the data interval (trigger params).
+    :param query: SQL template (Jinja, rendered with the effective window); or ``query_file``.
+    """
+
+    template_fields: Sequence[str] = ("project", "output_file", "version", "start", "end")
+    ui_color = "#d6eaf8"
+
+    def __init__(
+        self,
+        *,
+        project: str,
+        output_file: str,
+        query: str = "",
+        query_file: str | None = None,
+        version: str = "",
+        start: str = "",
+        end: str = "",
+        version_template: str = DEFAULT_VERSION_TEMPLATE,
+        preprocess: str | None = None,
+        preprocess_path: str | None = None,
+        query_timeout: int | None = None,
+        mysql_conn_id: str = "mysql_raw",
+        registry_conn_id: str = "dvc_registry",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.project = project
+        self.output_file = output_file
+        self.query = query
+        self.query_file = query_file
+        self.version = version
+        self.start = start
+        self.end = end
+        self.version_template = version_template
+        self.preprocess = preprocess
+        self.preprocess_path = preprocess_path
+        self.query_timeout = query_timeout
+        self.mysql_conn_id = mysql_conn_id
+        self.registry_conn_id = registry_conn_id
+
+    def _render_with_window(self, text: str, context, start, end) -> str:
+        ctx = dict(context)
+        ctx.update(data_interval_start=start, data_interval_end=end, window_start=start, window_end=end)
+        return str(self.render_template(text, ctx)).strip()
+
+    def execute(self, context) -> dict[str, Any]:
+        from dataset_registry.hooks.mysql_source_hook import MySqlSourceHook
+        from dataset_registry.hooks.registry_hook import RegistryHook
+        from dataset_registry.mysql_export import ExportError, export_query, load_callable
+        from dataset_registry.registry import RegistryError, VersionConflictError
+
+        try:
+            project = validate_project(self.project)
+            output = validate_output(self.output_file)
+            start, end = effective_window(
+                self.start, self.end, context.get("data_interval_start"), context.get("data_interval_end")
+            )
+            version = (self.version or "").strip()
+            if version in ("", "None"):
+                version = self._render_with_window(self.version_template, context, start, end)
+            validate_version(version)
+        except (InvalidNameError, WindowError) as exc:
+            raise AirflowFailException(str(exc)) from None
+
+        if self.query_file:
+            sql_template = Path(self.query_file).read_text(encoding="utf-8")
+        else:
+            sql_template = self.query
+        sql = self._render_with_window(sql_template, context, start, end)
+        self.log.info("project %s, version %s, window [%s, %s)", project, version, start, end)
+
+        client = RegistryHook(self.registry_conn_id).get_conn()
+        staging = client.staging_file(project, output)
+        try:
+            preprocess = None
+            if self.preprocess:
+                preprocess = load_callable(self.preprocess, Path(self.preprocess_path) if self.preprocess_path else None)
+            try:
+                result = export_query(
+                    MySqlSourceHook(self.mysql_conn_id).connect_params(), sql, staging,
+                    preprocess=preprocess, query_timeout=self.query_timeout,
+                )
+            except ExportError as exc:
+                if exc.retryable:
+                    raise
+                raise AirflowFailException(str(exc)) from None
+            if result.rows == 0:
+                raise AirflowSkipException(
+                    f"no rows in window [{start}, {end}) for project {project}: no version published"
+                )
+            try:
+                published = client.publish(project, output, version, staging, result.md5, result.rows)
+            except VersionConflictError as exc:
+                raise AirflowFailException(str(exc)) from None
+            except RegistryError:
+                raise
+        finally:
+            staging.unlink(missing_ok=True)
+
+        event = {**published.as_dict(), "window_start": start.isoformat(), "window_end": end.isoformat(),
+                 "output": output}
+        for outlet in self.outlets or []:
+            context["outlet_events"][outlet].extra = event
+        self.log.info(
+            "%s %s: %d rows, %d bytes, md5 %s, commit %s",
+            "published" if published.created else "already published", published.tag,
+            published.rows, published.bytes, published.md5, published.commit[:12],
+        )
+        return event

@@ -1,0 +1,60 @@
+"""The effective time window of a run: trigger params ``start``/``end`` win over the data interval."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+class WindowError(ValueError):
+    """Bad or missing window bounds; the message says which param and what to give."""
+
+
+class SqlDateTime(datetime):
+    """A UTC datetime that prints as MySQL does (``2024-01-02 03:04:05``), so
+    ``'{{ data_interval_start }}'`` in a query compares correctly with DATETIME/TIMESTAMP columns.
+    Filters such as ``ds_nodash`` / ``ts_nodash`` still work (it is a datetime)."""
+
+    def __str__(self) -> str:
+        fmt = "%Y-%m-%d %H:%M:%S.%f" if self.microsecond else "%Y-%m-%d %H:%M:%S"
+        return self.strftime(fmt)
+
+    __format__ = datetime.__format__
+
+    @classmethod
+    def of(cls, value: datetime) -> "SqlDateTime":
+        value = value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return cls(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                   value.microsecond, tzinfo=timezone.utc)
+
+
+def parse_bound(name: str, value: object) -> datetime | None:
+    """An ISO-8601 datetime param; naive values are taken as UTC. Empty/None -> None."""
+    if value is None or (isinstance(value, str) and not value.strip()) or value == "None":
+        return None
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or len(value) > 64:
+        raise WindowError(f"trigger param {name!r}: expected an ISO datetime such as 2024-01-31T00:00:00Z, got {value!r:.80}")
+    text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise WindowError(
+            f"trigger param {name!r}: {value!r} is not an ISO datetime (use e.g. 2024-01-31T00:00:00Z)"
+        ) from None
+
+
+def effective_window(start_param, end_param, interval_start, interval_end) -> tuple[SqlDateTime, SqlDateTime]:
+    start = parse_bound("start", start_param) or interval_start
+    end = parse_bound("end", end_param) or interval_end
+    if start is None or end is None:
+        raise WindowError(
+            "this run has no data interval (manual run of an unscheduled DAG): give both trigger params "
+            "'start' and 'end' (ISO datetimes, the window is [start, end))"
+        )
+    start, end = SqlDateTime.of(start), SqlDateTime.of(end)
+    if not start < end:
+        raise WindowError(
+            f"empty or inverted window [{start}, {end}): 'start' must be before 'end' "
+            "(for a scheduled run with Airflow's zero-width cron interval, give start and end)"
+        )
+    return start, end

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Idempotent set-up shared by `make demo` and `make test`: apt packages, MariaDB and a throwaway
+# local account, the virtualenv with pinned packages, and a migrated Airflow metadata DB.
+# A second run only checks and exits fast.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$REPO_ROOT"
+say() { printf '[bootstrap] %s\n' "$*"; }
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# 1. System packages (only what is missing).
+need=()
+for pkg in pkg-config libmariadb-dev mariadb-server mariadb-client openssh-server openssh-client git python3-venv; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# 2. MariaDB running, with the demo/test account.
+mysql_root() { $SUDO mariadb --protocol=socket -uroot "$@" 2>/dev/null || mariadb -h127.0.0.1 -uroot "$@"; }
+if ! mysql_root -e "SELECT 1" >/dev/null 2>&1; then
+  say "starting MariaDB"
+  $SUDO mkdir -p /run/mysqld && $SUDO chown mysql:mysql /run/mysqld 2>/dev/null || true
+  if [ ! -d /var/lib/mysql/mysql ]; then $SUDO mariadb-install-db --user=mysql >/dev/null; fi
+  $SUDO start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql
+  for _ in $(seq 1 60); do mysql_root -e "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
+  mysql_root -e "SELECT 1" >/dev/null || { echo "MariaDB did not start" >&2; exit 1; }
+fi
+mysql_root <<SQL
+CREATE USER IF NOT EXISTS '${DEMO_MYSQL_USER}'@'localhost' IDENTIFIED BY '${DEMO_MYSQL_PASSWORD}';
+CREATE USER IF NOT EXISTS '${DEMO_MYSQL_USER}'@'127.0.0.1' IDENTIFIED BY '${DEMO_MYSQL_PASSWORD}';
+GRANT ALL PRIVILEGES ON *.* TO '${DEMO_MYSQL_USER}'@'localhost';
+GRANT ALL PRIVILEGES ON *.* TO '${DEMO_MYSQL_USER}'@'127.0.0.1';
+SQL
+
+# 3. Virtualenv with the pinned packages (reinstalled only when requirements.txt changes).
+if [ ! -x .venv/bin/python ]; then say "creating .venv"; python3 -m venv .venv; fi
+req_sum=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat .venv/.requirements.sha 2>/dev/null)" != "$req_sum" ]; then
+  say "installing Python packages (requirements.txt)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+  echo "$req_sum" > .venv/.requirements.sha
+fi
+
+# 4. Airflow metadata DB (SQLite in .airflow/, for `airflow dags test` and the demo).
+mkdir -p "$AIRFLOW_HOME" "$DATASET_WORK_DIR"
+air_sum=$(printf '%s' "$req_sum" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$AIRFLOW_HOME/.migrated" 2>/dev/null)" != "$air_sum" ]; then
+  say "migrating the Airflow metadata DB in $AIRFLOW_HOME"
+  airflow db migrate >"$AIRFLOW_HOME/migrate.log" 2>&1 || { tail -20 "$AIRFLOW_HOME/migrate.log"; exit 1; }
+  echo "$air_sum" > "$AIRFLOW_HOME/.migrated"
+fi
+say "ready"

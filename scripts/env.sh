@@ -1,0 +1,16 @@
+# Sourced by the Makefile targets and scripts: the repo-local Airflow environment.
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export REPO_ROOT
+export PATH="$REPO_ROOT/.venv/bin:$PATH"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$REPO_ROOT/.airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$REPO_ROOT/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO_ROOT/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
+export PYTHONPATH="$REPO_ROOT/plugins:$REPO_ROOT/include${PYTHONPATH:+:$PYTHONPATH}"
+export DATASET_PROJECTS_DIR="${DATASET_PROJECTS_DIR:-$REPO_ROOT/include/projects}"
+export DATASET_WORK_DIR="${DATASET_WORK_DIR:-$REPO_ROOT/.work/worker}"
+# The throwaway local MySQL account that bootstrap creates for the demo and the tests.
+export DEMO_MYSQL_USER="${DEMO_MYSQL_USER:-dataset_demo}"
+export DEMO_MYSQL_PASSWORD="${DEMO_MYSQL_PASSWORD:-dataset_demo}"
