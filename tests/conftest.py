@@ -1,0 +1,185 @@
+"""Real parts for the tests: MariaDB on loopback, an sshd on a loopback port with generated keys,
+bare git registries and DVC remotes served over that sshd."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "plugins"))
+sys.path.insert(0, str(REPO / "include"))
+
+MYSQL_USER = os.environ.get("DEMO_MYSQL_USER", "dataset_demo")
+MYSQL_PASSWORD = os.environ.get("DEMO_MYSQL_PASSWORD", "dataset_demo")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args, cwd=None, env=None, check=True, timeout=300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# ------------------------------------------------------------------ MySQL
+@pytest.fixture(scope="session")
+def mysql_params() -> dict:
+    return {"host": "127.0.0.1", "port": 3306, "user": MYSQL_USER, "passwd": MYSQL_PASSWORD}
+
+
+@pytest.fixture
+def mysql_db(mysql_params):
+    """A fresh database; yields (name, connection factory)."""
+    import MySQLdb
+
+    name = f"dsv_test_{uuid.uuid4().hex[:10]}"
+    admin = MySQLdb.connect(**mysql_params, charset="utf8mb4", autocommit=True)
+    admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+
+    def connect():
+        return MySQLdb.connect(**mysql_params, db=name, charset="utf8mb4", autocommit=True)
+
+    yield name, connect
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")
+    admin.close()
+
+
+# ------------------------------------------------------------------ sshd
+@dataclass
+class SshServer:
+    port: int
+    user: str
+    key_file: Path
+    known_hosts: Path
+    root: Path
+    proc: subprocess.Popen | None = None
+    config: Path | None = None
+
+    def url(self, path: Path) -> str:
+        return f"ssh://{self.user}@127.0.0.1:{self.port}{path}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)],
+            stdout=subprocess.DEVNULL, stderr=open(self.root / "sshd.log", "ab"),
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start: " + (self.root / "sshd.log").read_text()[-2000:])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd_bin):
+        pytest.fail("openssh-server is not installed: run `make setup`")
+    root = tmp_path_factory.mktemp("sshd")
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", root / "host_key"])
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", root / "client_key"])
+    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
+    os.chmod(root / "authorized_keys", 0o600)
+    port = free_port()
+    host_pub = (root / "host_key.pub").read_text().split()
+    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    config = root / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'}\nPidFile {root / 'sshd.pid'}\n"
+        "UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nMaxStartups 100:30:200\n"
+        "MaxSessions 50\nLogLevel ERROR\n"
+    )
+    os.makedirs("/run/sshd", exist_ok=True)
+    import getpass
+
+    server = SshServer(port, getpass.getuser(), root / "client_key", root / "known_hosts", root, config=config)
+    server.start()
+    yield server
+    server.stop()
+
+
+# ------------------------------------------------------------------ registry
+@dataclass
+class Registry:
+    bare: Path
+    store: Path
+    repo_url: str
+    remote_url: str
+    work_dir: Path
+    conn_extra: dict
+
+    def conn_json(self, **overrides) -> str:
+        extra = {**self.conn_extra, **overrides}
+        return json.dumps({"conn_type": "generic", "extra": extra})
+
+    def settings(self, work_dir: Path | None = None, **overrides):
+        from dataset_registry.registry import RegistrySettings
+
+        extra = {**self.conn_extra, **overrides}
+        return RegistrySettings(
+            repo_url=extra["repo_url"], remote_url=extra["remote_url"],
+            work_dir=Path(work_dir or self.work_dir), key_file=extra.get("key_file"),
+            known_hosts=extra.get("known_hosts"),
+        )
+
+    def git(self, *args) -> str:
+        return run(["git", "-C", self.bare, *args]).stdout.strip()
+
+    def tags(self) -> list[str]:
+        return [t for t in self.git("tag", "--list").splitlines() if t]
+
+    def commit_count(self) -> int:
+        out = run(["git", "-C", self.bare, "rev-list", "--count", "main"], check=False)
+        return int(out.stdout.strip()) if out.returncode == 0 else 0
+
+
+@pytest.fixture
+def registry(tmp_path, sshd) -> Registry:
+    bare = tmp_path / "registry.git"
+    run(["git", "init", "-q", "--bare", "--initial-branch=main", bare])
+    store = tmp_path / "dvc-store"
+    store.mkdir()
+    extra = {
+        "repo_url": sshd.url(bare),
+        "remote_url": sshd.url(store),
+        "key_file": str(sshd.key_file),
+        "known_hosts": str(sshd.known_hosts),
+    }
+    return Registry(bare, store, extra["repo_url"], extra["remote_url"], tmp_path / "worker", extra)
+
+
+def plain_pull(registry: Registry, sshd: SshServer, tag: str, dest: Path, relpath: str) -> bytes:
+    """What a person with only git and dvc does: clone, checkout the tag, dvc pull."""
+    env = {**os.environ, "GIT_SSH_COMMAND": f"ssh -i {sshd.key_file} -o UserKnownHostsFile={sshd.known_hosts} -o IdentitiesOnly=yes"}
+    env.pop("PYTHONPATH", None)
+    run(["git", "clone", "-q", registry.repo_url, dest], env=env)
+    run(["git", "-c", "advice.detachedHead=false", "checkout", "-q", tag], cwd=dest, env=env)
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    run([*dvc, "remote", "modify", "--local", "storage", "keyfile", str(sshd.key_file)], cwd=dest, env=env)
+    run([*dvc, "pull", "-q"], cwd=dest, env=env)
+    return (dest / relpath).read_bytes()
