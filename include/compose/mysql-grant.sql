@@ -1,0 +1,1 @@
+GRANT SELECT ON demo_raw.* TO 'raw'@'%';

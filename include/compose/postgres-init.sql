@@ -1,0 +1,1 @@
+CREATE DATABASE model_db OWNER airflow;
