@@ -14,6 +14,8 @@ MYSQL_PWD="$DEMO_MYSQL_PASSWORD" mariadb -h127.0.0.1 -u"$DEMO_MYSQL_USER" < incl
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 git init -q --bare --initial-branch=main "$DEMO/registry.git"
 export DATASET_WORK_DIR="$DEMO/worker"
+export DATASET_DATA_DIR="$DEMO/runs"
+export MODEL_DB_PATH="$DEMO/model_db.sqlite"   # the embedded default model DB (no model_db connection set)
 export AIRFLOW_CONN_MYSQL_RAW="{\"conn_type\":\"mysql\",\"host\":\"127.0.0.1\",\"port\":3306,\"login\":\"$DEMO_MYSQL_USER\",\"password\":\"$DEMO_MYSQL_PASSWORD\"}"
 export AIRFLOW_CONN_DVC_REGISTRY="{\"conn_type\":\"generic\",\"extra\":{\"repo_url\":\"$DEMO/registry.git\",\"remote_url\":\"$DEMO/dvc-store\"}}"
 say "registry: $DEMO/registry.git (empty, initialized on first publish); DVC remote: $DEMO/dvc-store"
@@ -39,6 +41,24 @@ rm -rf "$DEMO/by-hand"
 git clone -q "$DEMO/registry.git" "$DEMO/by-hand"
 ( cd "$DEMO/by-hand" && git -c advice.detachedHead=false checkout -q demo/v20240302T000000 && dvc pull -q && \
   echo "md5: $(md5sum demo/train.csv)" && echo "--- demo/train.csv ---" && cat demo/train.csv )
+say "airflow dags test train_demo  (no version param, no asset event: the newest version)"
+if ! airflow dags test train_demo >"$DEMO/dags-test-train.log" 2>&1; then
+  tail -40 "$DEMO/dags-test-train.log"; echo "demo failed: see $DEMO/dags-test-train.log" >&2; exit 1
+fi
+say "model DB ($MODEL_DB_PATH)"
+python - "$MODEL_DB_PATH" <<'PY'
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+print("dataset_versions:")
+for row in db.execute("SELECT tag, md5, rows, bytes, substr(\"commit\", 1, 12) FROM dataset_versions ORDER BY dataset_version_id"):
+    print("  %-24s md5 %s  rows %s  bytes %s  commit %s" % row)
+print("experiments:")
+for row in db.execute("""SELECT e.experiment_id, m.model_name, e.training_dataset, e.dataset_md5, e.status, e.evaluations,
+                                e.artifact_file_paths FROM experiments e JOIN models m USING (model_id)"""):
+    print("  #%s model %s trained on %s (md5 %s), status %s" % row[:5])
+    print("     evaluations %s" % row[5])
+    print("     artifacts   %s" % row[6])
+PY
 cat <<TXT
 
 Do it yourself:

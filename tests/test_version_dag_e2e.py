@@ -35,6 +35,8 @@ def shop(tmp_path, mysql_db, registry):
         **os.environ,
         "DATASET_PROJECTS_DIR": str(projects),
         "DATASET_WORK_DIR": str(tmp_path / "worker"),
+        "DATASET_DATA_DIR": str(tmp_path / "runs"),
+        "MODEL_DB_PATH": str(tmp_path / "model_db.sqlite"),
         "AIRFLOW_CONN_MYSQL_RAW": json.dumps({"conn_type": "mysql", "host": "127.0.0.1", "port": 3306,
                                               "login": MYSQL_USER, "password": MYSQL_PASSWORD}),
         "AIRFLOW_CONN_DVC_REGISTRY": registry.conn_json(),

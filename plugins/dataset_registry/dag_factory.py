@@ -70,6 +70,7 @@ def _doc(cfg: ProjectConfig) -> str:
 
 
 def build_version_dag(cfg: ProjectConfig) -> DAG:
+    from dataset_registry.operators.record_version import RecordDatasetVersionOperator
     from dataset_registry.operators.version_dataset import VersionDatasetOperator
 
     with DAG(
@@ -89,7 +90,7 @@ def build_version_dag(cfg: ProjectConfig) -> DAG:
             "retry_exponential_backoff": True,
         },
     ) as dag:
-        VersionDatasetOperator(
+        publish = VersionDatasetOperator(
             task_id="publish_version",
             project=cfg.project,
             output_file=cfg.output,
@@ -105,6 +106,51 @@ def build_version_dag(cfg: ProjectConfig) -> DAG:
             mysql_conn_id=cfg.mysql_conn_id,
             registry_conn_id=cfg.registry_conn_id,
             outlets=[asset_for(cfg.project)],
+        )
+        record = RecordDatasetVersionOperator(
+            task_id="record_version", publish_task_id="publish_version", model_db_conn_id=cfg.model_db_conn_id,
+        )
+        publish >> record
+    return dag
+
+
+def build_train_dag(cfg: ProjectConfig) -> DAG:
+    from dataset_registry.operators.train_model import TrainModelOperator
+
+    asset = asset_for(cfg.project)
+    with DAG(
+        dag_id=f"train_{cfg.project}",
+        description=f"Train on a {cfg.project} dataset version and record the experiment"[:200],
+        schedule=[asset],
+        start_date=_start_date(cfg.start_date),
+        catchup=False,
+        max_active_runs=1,
+        params={"version": Param(
+            None, type=["null", "string"], pattern=VERSION_RULE, title="Version",
+            description="Dataset version to train on. Empty: the version in the triggering asset event, "
+                        "else the newest published version.",
+        )},
+        tags=["dataset-versioning", "training", cfg.project, *cfg.tags],
+        doc_md=(
+            f"### Train on `{cfg.project}` datasets\n\nScheduled on `{asset.uri}`: every published version "
+            "triggers it. Pulls the version (param > triggering event > newest), verifies its md5, runs "
+            f"`{cfg.train or 'dataset_registry.profile:profile'}` and writes one experiment to the model DB "
+            f"(`{cfg.model_db_conn_id}`) with `training_dataset` = the tag. Re-running a run updates its row."
+        ),
+        default_args={"owner": cfg.owner, "retries": cfg.retries, "retry_delay": timedelta(seconds=30),
+                      "retry_exponential_backoff": True},
+    ) as dag:
+        TrainModelOperator(
+            task_id="train_model",
+            project=cfg.project,
+            output_file=cfg.output,
+            asset_uri=asset.uri,
+            version="{{ params.version or '' }}",
+            train_callable=cfg.train,
+            include_path=str(cfg.source_file.parent.parent),
+            model_name=cfg.model_name,
+            registry_conn_id=cfg.registry_conn_id,
+            model_db_conn_id=cfg.model_db_conn_id,
         )
     return dag
 
@@ -134,4 +180,11 @@ def register_version_dags(namespace: dict, directory: Path | None = None) -> Non
         namespace[dag.dag_id] = dag
     for error in errors:
         dag = build_error_dag(error)
+        namespace[dag.dag_id] = dag
+
+
+def register_train_dags(namespace: dict, directory: Path | None = None) -> None:
+    configs, _ = load_projects(directory)  # errors are reported once, by version_dags.py
+    for cfg in configs:
+        dag = build_train_dag(cfg)
         namespace[dag.dag_id] = dag

@@ -30,6 +30,7 @@ OPTIONAL_KEYS = {
     "registry_conn_id": "dvc_registry",
     "model_db_conn_id": "model_db",
     "train": None,  # "module:function" for train_<project>
+    "model_name": None,  # model name in the model DB (default <project>_model)
 }
 _CALLABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 _CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
@@ -61,6 +62,7 @@ class ProjectConfig:
     registry_conn_id: str = "dvc_registry"
     model_db_conn_id: str = "model_db"
     train: str | None = None
+    model_name: str | None = None
 
     def load_query(self) -> str:
         """The SQL template text (reads the .sql file at run time, not at DAG parse time)."""
@@ -165,6 +167,9 @@ def load_project(path: Path) -> ProjectConfig:
         start_date = str(start_date)  # YAML turns 2024-01-01 into a date
     if not re.match(r"^\d{4}-\d{2}-\d{2}", start_date):
         fail("start_date", "must be an ISO date such as 2024-01-01")
+    model_name = values["model_name"]
+    if model_name is not None and (not isinstance(model_name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", model_name)):
+        fail("model_name", "must be 1-128 of A-Z a-z 0-9 . _ - starting with a letter or digit")
     description = values["description"]
     if not isinstance(description, str):
         fail("description", "must be text")
@@ -175,7 +180,7 @@ def load_project(path: Path) -> ProjectConfig:
         version_template=template, start_date=start_date, catchup=values["catchup"],
         retries=values["retries"], query_timeout=timeout, tags=list(tags), owner=str(values["owner"]),
         mysql_conn_id=values["mysql_conn_id"], registry_conn_id=values["registry_conn_id"],
-        model_db_conn_id=values["model_db_conn_id"], train=train,
+        model_db_conn_id=values["model_db_conn_id"], train=train, model_name=model_name,
     )
 
 

@@ -118,6 +118,14 @@ class VersionInfo:
     commit: str
 
 
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def parse_dvc_file(text: str) -> tuple[str, int]:
     """(md5, size) of the single output in a .dvc file."""
     import yaml
@@ -327,6 +335,77 @@ class RegistryClient:
         out = self._git("for-each-ref", "--sort=-creatordate", "--format=%(refname)", f"{TAG_NAMESPACE}/{project}/")
         prefix = f"{TAG_NAMESPACE}/{project}/"
         return [line[len(prefix):] for line in out.splitlines() if line.startswith(prefix)]
+
+    # ---------------------------------------------------------------- pulling
+    def resolve_version(self, project: str, output: str, version: str | None) -> VersionInfo:
+        """The tag's metadata; ``version=None`` means the newest. Unknown -> lists what exists."""
+        with self.locked():
+            if not self.sync():
+                raise VersionNotFoundError(f"the registry {self.settings.repo_url} is empty: nothing published yet")
+            return self._resolve(project, output, version)
+
+    def _resolve(self, project: str, output: str, version: str | None) -> VersionInfo:
+        available = self.list_versions(project)
+        if version is None:
+            if not available:
+                raise VersionNotFoundError(f"project {project} has no published version in the registry yet")
+            version = available[0]
+        info = self._tag_info(project, output, validate_version(version))
+        if info is None:
+            newest = ", ".join(available[:10]) or "none"
+            raise VersionNotFoundError(f"version {version!r} of project {project} does not exist (tag {project}/{version}); "
+                                       f"newest available: {newest}")
+        return info
+
+    def _cache_object(self, md5: str) -> Path:
+        return self.cache_dir / "files" / "md5" / md5[:2] / md5[2:]
+
+    def pull(self, project: str, output: str, version: str | None, dest: Path) -> tuple[VersionInfo, Path, bool]:
+        """Copy the version's file to ``dest`` (a file path), verified against the .dvc md5.
+
+        Reuses the worker's DVC cache: a version already in the cache is not downloaded again.
+        Returns (info, path, downloaded). On failure no file is left at ``dest``.
+        """
+        validate_project(project)
+        validate_output(output)
+        dest = Path(dest)
+        partial = dest.with_name(dest.name + ".partial")
+        with self.locked():
+            if not self.sync():
+                raise VersionNotFoundError(f"the registry {self.settings.repo_url} is empty: nothing published yet")
+            info = self._resolve(project, output, version)
+            obj = self._cache_object(info.md5)
+            downloaded = False
+            if not (obj.is_file() and _md5_of(obj) == info.md5):
+                self._write_local_dvc_config()
+                self._git("checkout", "-q", "-f", "--detach", info.commit)
+                self._write_local_dvc_config()
+                log.info("fetching %s (%s) from the DVC remote %s", info.tag, info.md5, self.settings.remote_url)
+                try:
+                    self.runner.dvc("fetch", "-q", "-r", DVC_REMOTE, f"{project}/{output}.dvc",
+                                    what=f"dvc fetch from the DVC remote {self.settings.remote_url}")
+                except CommandError as exc:
+                    raise RegistryError(f"cannot get {info.tag} (md5 {info.md5}): {exc}") from None
+                downloaded = True
+                if not obj.is_file():
+                    raise RegistryError(f"cannot get {info.tag}: object {info.md5} is missing on the DVC remote "
+                                        f"{self.settings.remote_url}")
+            else:
+                log.info("%s (%s) found in the local DVC cache: no download", info.tag, info.md5)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            digest = hashlib.md5()
+            with open(obj, "rb") as src, open(partial, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != info.md5:
+                raise RegistryError(f"{info.tag}: the data has md5 {digest.hexdigest()}, the .dvc file says {info.md5}")
+            os.replace(partial, dest)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return info, dest, downloaded
 
     # ---------------------------------------------------------------- publishing
     def staging_file(self, project: str, output: str) -> Path:

@@ -1,0 +1,62 @@
+"""ModelDbHook: the ``model_db`` connection (postgres or sqlite) -> a ModelDB.
+
+Embedded default: when the default connection ``model_db`` is not defined, a SQLite file
+``$MODEL_DB_PATH`` (default ``$AIRFLOW_HOME/model_db.sqlite``) is used, and the log says so.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+from dataset_registry.model_db import ModelDB, ModelDbError
+
+
+def default_sqlite_path() -> Path:
+    if os.environ.get("MODEL_DB_PATH"):
+        return Path(os.environ["MODEL_DB_PATH"])
+    return Path(os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")) / "model_db.sqlite"
+
+
+class ModelDbHook(BaseHook):
+    conn_name_attr = "model_db_conn_id"
+    default_conn_name = "model_db"
+    conn_type = "postgres"
+    hook_name = "Model DB"
+
+    def __init__(self, model_db_conn_id: str = default_conn_name, **kwargs):
+        super().__init__(**kwargs)
+        self.model_db_conn_id = model_db_conn_id
+        self._db: ModelDB | None = None
+
+    def sqlalchemy_url(self):
+        import sqlalchemy as sa
+
+        try:
+            conn = self.get_connection(self.model_db_conn_id)
+        except AirflowNotFoundException:
+            if self.model_db_conn_id != self.default_conn_name:
+                raise
+            path = default_sqlite_path()
+            self.log.info("connection %r is not defined: using the embedded SQLite model DB %s", self.model_db_conn_id, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return f"sqlite:///{path}"
+        if conn.conn_type == "sqlite":
+            path = conn.host or conn.schema
+            if not path:
+                raise ModelDbError(f"connection {self.model_db_conn_id!r}: sqlite needs the database file path in 'host'")
+            return f"sqlite:///{path}"
+        if conn.conn_type in ("postgres", "postgresql"):
+            return sa.engine.URL.create(
+                "postgresql+psycopg2", username=conn.login or None, password=conn.password or None,
+                host=conn.host or "localhost", port=conn.port or 5432, database=conn.schema or "postgres",
+                query={"connect_timeout": str((conn.extra_dejson or {}).get("connect_timeout", 10))},
+            )
+        raise ModelDbError(f"connection {self.model_db_conn_id!r}: type {conn.conn_type!r} is not supported (postgres or sqlite)")
+
+    def get_conn(self) -> ModelDB:
+        if self._db is None:
+            self._db = ModelDB(self.sqlalchemy_url())
+        return self._db
