@@ -10,7 +10,7 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 # 1. System packages (only what is missing).
 need=()
-for pkg in pkg-config libmariadb-dev mariadb-server mariadb-client openssh-server openssh-client git python3-venv; do
+for pkg in pkg-config libmariadb-dev mariadb-server mariadb-client postgresql postgresql-client openssh-server openssh-client git python3-venv; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -35,6 +35,19 @@ CREATE USER IF NOT EXISTS '${DEMO_MYSQL_USER}'@'127.0.0.1' IDENTIFIED BY '${DEMO
 GRANT ALL PRIVILEGES ON *.* TO '${DEMO_MYSQL_USER}'@'localhost';
 GRANT ALL PRIVILEGES ON *.* TO '${DEMO_MYSQL_USER}'@'127.0.0.1';
 SQL
+
+# 2b. PostgreSQL running (model DB tests, scheduler end-to-end metadata DB), with a password role.
+pg_psql() { $SUDO -u postgres psql -v ON_ERROR_STOP=1 -qAt "$@" 2>/dev/null || psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -qAt "$@"; }
+if ! pg_psql -c "SELECT 1" >/dev/null 2>&1; then
+  say "starting PostgreSQL"
+  cluster=$(ls /etc/postgresql | sort -V | tail -1)
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$cluster" main start
+  for _ in $(seq 1 60); do pg_psql -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
+  pg_psql -c "SELECT 1" >/dev/null || { echo "PostgreSQL did not start" >&2; exit 1; }
+fi
+if [ "$(pg_psql -c "SELECT 1 FROM pg_roles WHERE rolname='${TEST_PG_USER}'")" != "1" ]; then
+  pg_psql -c "CREATE ROLE ${TEST_PG_USER} LOGIN SUPERUSER PASSWORD '${TEST_PG_PASSWORD}'"
+fi
 
 # 3. Virtualenv with the pinned packages (reinstalled only when requirements.txt changes).
 if [ ! -x .venv/bin/python ]; then say "creating .venv"; python3 -m venv .venv; fi

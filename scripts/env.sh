@@ -14,3 +14,6 @@ export DATASET_WORK_DIR="${DATASET_WORK_DIR:-$REPO_ROOT/.work/worker}"
 # The throwaway local MySQL account that bootstrap creates for the demo and the tests.
 export DEMO_MYSQL_USER="${DEMO_MYSQL_USER:-dataset_demo}"
 export DEMO_MYSQL_PASSWORD="${DEMO_MYSQL_PASSWORD:-dataset_demo}"
+# The throwaway local PostgreSQL role for the model DB tests and the scheduler end-to-end test.
+export TEST_PG_USER="${TEST_PG_USER:-dataset_test}"
+export TEST_PG_PASSWORD="${TEST_PG_PASSWORD:-dataset_test}"

@@ -183,3 +183,22 @@ def plain_pull(registry: Registry, sshd: SshServer, tag: str, dest: Path, relpat
     run([*dvc, "remote", "modify", "--local", "storage", "keyfile", str(sshd.key_file)], cwd=dest, env=env)
     run([*dvc, "pull", "-q"], cwd=dest, env=env)
     return (dest / relpath).read_bytes()
+
+
+# ------------------------------------------------------------------ PostgreSQL
+PG_USER = os.environ.get("TEST_PG_USER", "dataset_test")
+PG_PASSWORD = os.environ.get("TEST_PG_PASSWORD", "dataset_test")
+
+
+@pytest.fixture
+def pg_database():
+    """A fresh PostgreSQL database; yields its SQLAlchemy URL."""
+    import psycopg2
+
+    name = f"dsv_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=5432, user=PG_USER, password=PG_PASSWORD, dbname="postgres")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    yield f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@127.0.0.1:5432/{name}"
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
