@@ -26,8 +26,17 @@ def shop(tmp_path, mysql_db, registry):
     conn.close()
     projects = tmp_path / "projects"
     projects.mkdir()
+    (tmp_path / "shoptrain.py").write_text(
+        "import os, pandas as pd\n"
+        "def fit(path, *, artifacts_dir, tag, **_):\n"
+        "    if os.environ.get('SHOP_TRAIN_FAIL'):\n"
+        "        raise RuntimeError('diverged')\n"
+        "    frame = pd.read_csv(path)\n"
+        "    return {'parameters': {'kind': 'mean'}, 'evaluations': {'rows': int(len(frame)), 'mean_price': float(frame.price.mean())},\n"
+        "            'artifact_file_paths': {'note': artifacts_dir + '/none'}}\n"
+    )
     (projects / "shop.yaml").write_text(
-        "project: shop\nschedule: '0 0 * * *'\noutput: orders.csv\nretries: 0\n"
+        "project: shop\nschedule: '0 0 * * *'\noutput: orders.csv\nretries: 0\ntrain: shoptrain:fit\n"
         f"query: |\n  SELECT id, item, price, at FROM {db}.orders\n"
         "  WHERE at >= '{{ data_interval_start }}' AND at < '{{ data_interval_end }}'\n  ORDER BY id\n"
     )
@@ -44,9 +53,9 @@ def shop(tmp_path, mysql_db, registry):
     return env
 
 
-def dags_test(env, conf: dict, cwd: Path) -> subprocess.CompletedProcess:
+def dags_test(env, conf: dict, cwd: Path, dag_id: str = "version_shop") -> subprocess.CompletedProcess:
     airflow = str(Path(sys.executable).parent / "airflow")
-    return subprocess.run([airflow, "dags", "test", "version_shop", "-c", json.dumps(conf)],
+    return subprocess.run([airflow, "dags", "test", dag_id, "-c", json.dumps(conf)],
                           env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
@@ -97,3 +106,46 @@ def test_inverted_window_is_refused(tmp_path, shop, registry):
     proc = dags_test(shop, {"start": "2024-05-02T00:00:00Z", "end": "2024-05-01T00:00:00Z"}, tmp_path)
     assert proc.returncode != 0 and "'start' must be before 'end'" in proc.stdout + proc.stderr
     assert registry.tags() == []
+
+
+def model_db_rows(env, sql):
+    import sqlite3
+
+    with sqlite3.connect(env["MODEL_DB_PATH"]) as db:
+        return db.execute(sql).fetchall()
+
+
+def test_train_dag_pulls_the_version_and_records_one_experiment(tmp_path, shop, registry):
+    assert dags_test(shop, {"start": "2024-05-01T00:00:00Z", "end": "2024-05-02T00:00:00Z"}, tmp_path).returncode == 0
+    assert dags_test(shop, {"start": "2024-05-02T00:00:00Z", "end": "2024-05-03T00:00:00Z"}, tmp_path).returncode == 0
+    recorded = model_db_rows(shop, "SELECT tag, rows FROM dataset_versions ORDER BY tag")
+    assert recorded == [("shop/v20240502T000000", 3), ("shop/v20240503T000000", 1)]
+
+    proc = dags_test(shop, {"version": "v20240502T000000"}, tmp_path, "train_shop")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    rows = model_db_rows(shop, "SELECT training_dataset, status, evaluations, dataset_md5, airflow_dag_id FROM experiments")
+    assert len(rows) == 1
+    tag, status, evaluations, md5, dag_id = rows[0]
+    assert tag == "shop/v20240502T000000" and status == "succeeded" and dag_id == "train_shop"
+    assert json.loads(evaluations) == {"rows": 3, "mean_price": pytest.approx((3.5 + 0 + 9.99) / 3)}
+    assert md5 == model_db_rows(shop, "SELECT md5 FROM dataset_versions WHERE tag = 'shop/v20240502T000000'")[0][0]
+
+    newest = dags_test(shop, {}, tmp_path, "train_shop")  # no param, no event: the newest version
+    assert newest.returncode == 0, newest.stdout[-4000:]
+    assert model_db_rows(shop, "SELECT training_dataset FROM experiments ORDER BY experiment_id")[-1][0] == "shop/v20240503T000000"
+
+
+def test_train_callable_that_raises_leaves_a_failed_experiment(tmp_path, shop, registry):
+    assert dags_test(shop, {"start": "2024-05-01T00:00:00Z", "end": "2024-05-02T00:00:00Z"}, tmp_path).returncode == 0
+    proc = dags_test({**shop, "SHOP_TRAIN_FAIL": "1"}, {}, tmp_path, "train_shop")
+    assert proc.returncode != 0 and "diverged" in proc.stdout + proc.stderr
+    rows = model_db_rows(shop, "SELECT status, evaluations FROM experiments")
+    assert len(rows) == 1 and rows[0][0] == "failed" and "diverged" in rows[0][1]
+
+
+def test_train_with_unknown_version_lists_what_exists(tmp_path, shop, registry):
+    assert dags_test(shop, {"start": "2024-05-01T00:00:00Z", "end": "2024-05-02T00:00:00Z"}, tmp_path).returncode == 0
+    proc = dags_test(shop, {"version": "v1999"}, tmp_path, "train_shop")
+    assert proc.returncode != 0
+    assert "newest available: v20240502T000000" in proc.stdout + proc.stderr
+    assert model_db_rows(shop, "SELECT count(*) FROM experiments") == [(0,)]
