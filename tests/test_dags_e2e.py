@@ -12,47 +12,6 @@ from conftest import MYSQL_PASSWORD, MYSQL_USER, REPO, plain_pull
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def shop(tmp_path, mysql_db, registry):
-    """A `shop` project over a fresh database, with its own projects folder and connections."""
-    db, connect = mysql_db
-    conn = connect()
-    cur = conn.cursor()
-    cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, item VARCHAR(50) NULL, price DECIMAL(8,2), at DATETIME NOT NULL)")
-    cur.executemany("INSERT INTO orders VALUES (%s,%s,%s,%s)", [
-        (1, "tea", "3.50", "2024-05-01 10:00:00"), (2, "", "0.00", "2024-05-01 11:00:00"),
-        (3, None, "9.99", "2024-05-01 23:00:00"), (4, 'mug "xl"', "12.00", "2024-05-02 09:00:00"),
-    ])
-    conn.close()
-    projects = tmp_path / "projects"
-    projects.mkdir()
-    (tmp_path / "shoptrain.py").write_text(
-        "import os, pandas as pd\n"
-        "def fit(path, *, artifacts_dir, tag, **_):\n"
-        "    if os.environ.get('SHOP_TRAIN_FAIL'):\n"
-        "        raise RuntimeError('diverged')\n"
-        "    frame = pd.read_csv(path)\n"
-        "    return {'parameters': {'kind': 'mean'}, 'evaluations': {'rows': int(len(frame)), 'mean_price': float(frame.price.mean())},\n"
-        "            'artifact_file_paths': {'note': artifacts_dir + '/none'}}\n"
-    )
-    (projects / "shop.yaml").write_text(
-        "project: shop\nschedule: '0 0 * * *'\noutput: orders.csv\nretries: 0\ntrain: shoptrain:fit\n"
-        f"query: |\n  SELECT id, item, price, at FROM {db}.orders\n"
-        "  WHERE at >= '{{ data_interval_start }}' AND at < '{{ data_interval_end }}'\n  ORDER BY id\n"
-    )
-    env = {
-        **os.environ,
-        "DATASET_PROJECTS_DIR": str(projects),
-        "DATASET_WORK_DIR": str(tmp_path / "worker"),
-        "DATASET_DATA_DIR": str(tmp_path / "runs"),
-        "MODEL_DB_PATH": str(tmp_path / "model_db.sqlite"),
-        "AIRFLOW_CONN_MYSQL_RAW": json.dumps({"conn_type": "mysql", "host": "127.0.0.1", "port": 3306,
-                                              "login": MYSQL_USER, "password": MYSQL_PASSWORD}),
-        "AIRFLOW_CONN_DVC_REGISTRY": registry.conn_json(),
-    }
-    return env
-
-
 def dags_test(env, conf: dict, cwd: Path, dag_id: str = "version_shop") -> subprocess.CompletedProcess:
     airflow = str(Path(sys.executable).parent / "airflow")
     return subprocess.run([airflow, "dags", "test", dag_id, "-c", json.dumps(conf)],
