@@ -6,7 +6,8 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   - set up everything and run version_demo on embedded defaults"
 	@echo "make test   - set up everything and run the whole test suite"
-	@echo "make setup  - only the idempotent bootstrap (apt, MariaDB, .venv, Airflow DB)"
+	@echo "make setup  - only the idempotent bootstrap (apt, MariaDB, PostgreSQL, .venv, Airflow DB)"
+	@echo "make e2e    - only the whole loop under a real scheduler (part of make test too)"
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -17,4 +18,7 @@ demo: setup
 test: setup
 	@source scripts/env.sh && python -m pytest $(PYTEST_ARGS)
 
-.PHONY: help setup demo test
+e2e: setup
+	@source scripts/env.sh && python -m pytest tests/test_scheduler_e2e.py -v $(PYTEST_ARGS)
+
+.PHONY: help setup demo test e2e
