@@ -93,12 +93,13 @@ class SshServer:
             self.proc.wait(10)
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
-    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not os.path.exists(sshd_bin):
+def make_sshd(root: Path, extra_config: str = "") -> SshServer:
+    """Generate host and client keys under ``root`` and start sshd on a free loopback port."""
+    import getpass
+
+    if not os.path.exists("/usr/sbin/sshd"):
         pytest.fail("openssh-server is not installed: run `make setup`")
-    root = tmp_path_factory.mktemp("sshd")
+    root.mkdir(parents=True, exist_ok=True)
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", root / "host_key"])
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", root / "client_key"])
     (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
@@ -110,15 +111,19 @@ def sshd(tmp_path_factory):
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\n"
         f"AuthorizedKeysFile {root / 'authorized_keys'}\nPidFile {root / 'sshd.pid'}\n"
-        "UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "UsePAM no\nStrictModes no\nKbdInteractiveAuthentication no\n"
         "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nMaxStartups 100:30:200\n"
-        "MaxSessions 50\nLogLevel ERROR\n"
+        "MaxSessions 50\nLogLevel ERROR\n" + (extra_config or "PasswordAuthentication no\n")
     )
     os.makedirs("/run/sshd", exist_ok=True)
-    import getpass
-
     server = SshServer(port, getpass.getuser(), root / "client_key", root / "known_hosts", root, config=config)
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    server = make_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     server.stop()
 
@@ -158,8 +163,7 @@ class Registry:
         return int(out.stdout.strip()) if out.returncode == 0 else 0
 
 
-@pytest.fixture
-def registry(tmp_path, sshd) -> Registry:
+def make_registry(tmp_path: Path, sshd: SshServer) -> Registry:
     bare = tmp_path / "registry.git"
     run(["git", "init", "-q", "--bare", "--initial-branch=main", bare])
     store = tmp_path / "dvc-store"
@@ -171,6 +175,11 @@ def registry(tmp_path, sshd) -> Registry:
         "known_hosts": str(sshd.known_hosts),
     }
     return Registry(bare, store, extra["repo_url"], extra["remote_url"], tmp_path / "worker", extra)
+
+
+@pytest.fixture
+def registry(tmp_path, sshd) -> Registry:
+    return make_registry(tmp_path, sshd)
 
 
 def plain_pull(registry: Registry, sshd: SshServer, tag: str, dest: Path, relpath: str) -> bytes:

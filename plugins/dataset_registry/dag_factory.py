@@ -86,7 +86,7 @@ def build_version_dag(cfg: ProjectConfig) -> DAG:
         default_args={
             "owner": cfg.owner,
             "retries": cfg.retries,
-            "retry_delay": timedelta(seconds=30),
+            "retry_delay": timedelta(seconds=cfg.retry_delay_seconds),
             "retry_exponential_backoff": True,
         },
     ) as dag:
@@ -137,7 +137,7 @@ def build_train_dag(cfg: ProjectConfig) -> DAG:
             f"`{cfg.train or 'dataset_registry.profile:profile'}` and writes one experiment to the model DB "
             f"(`{cfg.model_db_conn_id}`) with `training_dataset` = the tag. Re-running a run updates its row."
         ),
-        default_args={"owner": cfg.owner, "retries": cfg.retries, "retry_delay": timedelta(seconds=30),
+        default_args={"owner": cfg.owner, "retries": cfg.retries, "retry_delay": timedelta(seconds=cfg.retry_delay_seconds),
                       "retry_exponential_backoff": True},
     ) as dag:
         TrainModelOperator(

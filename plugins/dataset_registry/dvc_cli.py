@@ -48,8 +48,34 @@ def _patch_ssh() -> None:
     dvc_ssh.SSHFileSystem._prepare_credentials = prepare_credentials
 
 
+def verify_remote(remote: str, md5: str, size: int) -> int:
+    """``verify-remote NAME MD5 SIZE``: is the object on the remote, complete? (exit 0 / 1)
+
+    ``dvc push`` only warns when the local cache lacks an object, and ``dvc status --cloud`` then
+    reports nothing useful, so the publish protocol asks the remote itself. Uploads are atomic
+    (dvc-ssh >= 4.2.2 writes a temp file and renames), so presence with the right size means complete.
+    """
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        odb = repo.cloud.get_remote_odb(remote, "verify-remote")
+        path = odb.oid_to_path(md5)
+        try:
+            info = odb.fs.info(path)
+        except FileNotFoundError:
+            print(f"missing: object {md5} is not on the remote")
+            return 1
+        if int(info.get("size", -1)) != size:
+            print(f"incomplete: object {md5} has {info.get('size')} bytes on the remote, expected {size}")
+            return 1
+    print(f"ok: object {md5} ({size} bytes) is on the remote")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     _patch_ssh()
+    if argv[:1] == ["verify-remote"] and len(argv) == 4:
+        return verify_remote(argv[1], argv[2], int(argv[3]))
     from dvc.cli import main as dvc_main
 
     return dvc_main(argv)

@@ -23,6 +23,7 @@ OPTIONAL_KEYS = {
     "start_date": "2024-01-01",
     "catchup": False,
     "retries": 2,
+    "retry_delay_seconds": 30,
     "query_timeout": None,  # seconds; server-side statement timeout
     "tags": [],
     "owner": "data",
@@ -55,6 +56,7 @@ class ProjectConfig:
     start_date: str = "2024-01-01"
     catchup: bool = False
     retries: int = 2
+    retry_delay_seconds: int = 30
     query_timeout: int | None = None
     tags: list[str] = field(default_factory=list)
     owner: str = "data"
@@ -153,6 +155,9 @@ def load_project(path: Path) -> ProjectConfig:
         fail("catchup", "must be true or false")
     if not isinstance(values["retries"], int) or isinstance(values["retries"], bool) or not 0 <= values["retries"] <= 20:
         fail("retries", "must be a whole number from 0 to 20")
+    delay = values["retry_delay_seconds"]
+    if not isinstance(delay, int) or isinstance(delay, bool) or not 1 <= delay <= 86400:
+        fail("retry_delay_seconds", "must be a whole number of seconds from 1 to 86400")
     timeout = values["query_timeout"]
     if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0):
         fail("query_timeout", "must be a positive number of seconds, or null")
@@ -178,7 +183,7 @@ def load_project(path: Path) -> ProjectConfig:
         project=values["project"], schedule=schedule, query=query, query_path=query_path,
         output=values["output"], source_file=path, description=description, preprocess=preprocess,
         version_template=template, start_date=start_date, catchup=values["catchup"],
-        retries=values["retries"], query_timeout=timeout, tags=list(tags), owner=str(values["owner"]),
+        retries=values["retries"], retry_delay_seconds=delay, query_timeout=timeout, tags=list(tags), owner=str(values["owner"]),
         mysql_conn_id=values["mysql_conn_id"], registry_conn_id=values["registry_conn_id"],
         model_db_conn_id=values["model_db_conn_id"], train=train, model_name=model_name,
     )

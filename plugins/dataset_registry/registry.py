@@ -21,6 +21,7 @@ import random
 import re
 import shlex
 import shutil
+import sys
 import time
 import uuid
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 DVC_REMOTE = "storage"
 TAG_NAMESPACE = "refs/registry-tags"  # remote tags are fetched here, so stale local tags never mislead
-PUSH_ATTEMPTS = 8
+PUSH_ATTEMPTS = 20
 LOCK_TIMEOUT = 3600.0
 COMMITTER = ["-c", "user.name=Dataset Registry", "-c", "user.email=dataset-registry@localhost"]
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
@@ -441,7 +442,7 @@ class RegistryClient:
             added_md5, _ = parse_dvc_file(dvc_text)
             if added_md5 != md5:
                 raise RegistryError(f"{rel}: DVC hashed {added_md5}, but the export wrote {md5}; the file changed on disk")
-            self._push_data(rel)
+            self._push_data(rel, md5, size)
             gitignore = (self.clone_dir / project / ".gitignore").read_text()
             return self._commit_and_push(project, output, version, tag, md5, rows, size, dvc_text, gitignore)
 
@@ -455,21 +456,25 @@ class RegistryClient:
         log.info("tag %s already exists with the same content (md5 %s): nothing to do", info.tag, md5)
         return PublishResult(info.project, info.version, info.tag, md5, rows, size, info.commit, created=False)
 
-    def _push_data(self, rel: str) -> None:
+    def _push_data(self, rel: str, md5: str, size: int) -> None:
+        """Push, then ask the remote itself whether the object is there with the right size."""
         remote = self.settings.remote_url
         log.info("dvc push %s to %s", rel, remote)
         try:
             self.runner.dvc("push", "-q", "-r", DVC_REMOTE, f"{rel}.dvc", what=f"dvc push to the DVC remote {remote}")
-            status = self.runner.dvc("status", "-q", "--cloud", "-r", DVC_REMOTE, "--json", f"{rel}.dvc",
-                                     what=f"dvc status --cloud on {remote}")
         except CommandError as exc:
             raise RegistryError(str(exc)) from None
-        missing = json.loads(status or "{}")
-        if missing:
+        check = self.runner.run(
+            [sys.executable, "-m", "dataset_registry.dvc_cli", "verify-remote", DVC_REMOTE, md5, str(size)], check=False,
+        )
+        if check.returncode != 0:
+            detail = (check.stdout + check.stderr).strip().splitlines()
             raise RegistryError(
-                f"after dvc push, the DVC remote {remote} still lacks {rel}: {json.dumps(missing)}. "
-                "(Was the local DVC cache file removed?) Nothing was committed or tagged."
+                f"after dvc push, the DVC remote {remote} does not hold {rel} (md5 {md5}): "
+                f"{detail[-1] if detail else 'verification failed'}. Was the local DVC cache file removed? "
+                "Nothing was committed or tagged; rerun the task."
             )
+        log.info("verified on the DVC remote: %s (md5 %s, %d bytes)", rel, md5, size)
 
     def _commit_and_push(self, project, output, version, tag, md5, rows, size, dvc_text, gitignore) -> PublishResult:
         branch = self.settings.branch
@@ -503,7 +508,7 @@ class RegistryClient:
                     raise RegistryError(f"could not publish {tag}: {exc}") from None
                 if attempt == PUSH_ATTEMPTS:
                     raise RegistryError(f"could not publish {tag} after {attempt} attempts: {exc}") from None
-                delay = min(5.0, 0.2 * 2 ** attempt) * random.uniform(0.5, 1.5)
+                delay = min(3.0, 0.1 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.5)
                 log.info("branch %s moved (another publish landed); replaying on the new tip in %.1f s", branch, delay)
                 time.sleep(delay)
                 self._git("checkout", "-q", "-f", "-B", branch, f"refs/remotes/origin/{branch}")
