@@ -29,10 +29,11 @@ def tricky_table(mysql_db):
     cur.execute("SET time_zone = '+00:00'")
     cur.execute(
         "CREATE TABLE t (id INT PRIMARY KEY, txt MEDIUMTEXT NULL, dec10 DECIMAL(10,2) NULL, "
-        "dt6 DATETIME(6) NULL, ts TIMESTAMP NULL, bin VARBINARY(20) NULL, big DECIMAL(38,10) NULL)"
+        "dt6 DATETIME(6) NULL, ts TIMESTAMP NULL, bin VARBINARY(20) NULL, big DECIMAL(38,10) NULL, blb BLOB NULL)"
     )
     for row in TRICKY:
-        cur.execute("INSERT INTO t VALUES (%s,%s,%s,%s,%s,%s,%s)", (*row, "123456789012345678901234567.0123456789" if row[0] == 3 else None))
+        cur.execute("INSERT INTO t VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                    (*row, "123456789012345678901234567.0123456789" if row[0] == 3 else None, row[5]))
     conn.close()
     return name
 
@@ -49,14 +50,14 @@ def test_tricky_values_round_trip_exactly(tmp_path, mysql_params, tricky_table):
     assert not (tmp_path / "t.csv.partial").exists()
     text = data.decode("utf-8")
     lines = text.split("\n")
-    assert lines[0] == "id,txt,dec10,dt6,ts,bin,big"
-    assert lines[1] == "1,,,,,,"  # NULLs: empty unquoted
-    assert lines[2] == '2,"",0.00,2024-01-01 00:00:00.000000,2024-01-01 00:00:00,0x,'  # '' is ""
+    assert lines[0] == "id,txt,dec10,dt6,ts,bin,big,blb"
+    assert lines[1] == "1,,,,,,,"  # NULLs: empty unquoted
+    assert lines[2] == '2,"",0.00,2024-01-01 00:00:00.000000,2024-01-01 00:00:00,0x,,0x'  # '' is ""
     assert lines[3].startswith('3,"say ""hi"", ok",12.50,2024-02-29 23:59:59.123456,2024-06-01 12:00:00,0x00FF0A,')
-    assert lines[3].endswith(",123456789012345678901234567.0123456789")
+    assert lines[3].endswith(",123456789012345678901234567.0123456789,0x00FF0A")
     # Parse back with an RFC 4180 reader: every text value identical.
     rows = list(csv.reader(io.StringIO(text, newline="")))
-    assert rows[0] == ["id", "txt", "dec10", "dt6", "ts", "bin", "big"]
+    assert rows[0] == ["id", "txt", "dec10", "dt6", "ts", "bin", "big", "blb"]
     for (rid, txt, dec, dt6, ts, _), got in zip(TRICKY, rows[1:]):
         assert got[0] == str(rid)
         assert got[1] == ("" if txt is None else txt)
