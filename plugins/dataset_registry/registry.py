@@ -4,7 +4,9 @@ The publish protocol (what makes a tag trustworthy):
 1. Under a per-worker file lock, the working clone is reused: fetch, hard reset, repaired if broken.
 2. If the tag already exists on the registry remote, compare md5s: same bytes -> done, nothing
    changes; different bytes -> VersionConflictError naming both md5s.
-3. ``dvc add`` then ``dvc push``, then ``dvc status --cloud`` must report the object present.
+3. The export (already hashed while writing) is renamed into the DVC cache and its ``.dvc`` file
+   written, as ``dvc add`` would, without a second hash; ``dvc push``; then the remote itself must
+   show the object with the right size (``dvc push`` only warns when a cache file is missing).
 4. Commit ``<project>/<output>.dvc`` (no commit when it is unchanged), annotated tag, then ONE
    ``git push --atomic`` of branch + tag. If the branch moved, the commit is replayed on the new tip
    and pushed again (bounded, with jitter); if the tag appeared meanwhile, step 2 decides.
@@ -119,12 +121,18 @@ class VersionInfo:
     commit: str
 
 
-def _md5_of(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def dvc_file_text(output: str, md5: str, size: int) -> str:
+    """The .dvc file exactly as ``dvc add`` (DVC 3) writes it for one file."""
+    return f"outs:\n- md5: {md5}\n  size: {size}\n  hash: md5\n  path: {output}\n"
+
+
+def gitignore_with(path: Path, output: str) -> str:
+    """The project's .gitignore with the data file ignored, as ``dvc add`` leaves it."""
+    line = f"/{output}"
+    text = path.read_text() if path.exists() else ""
+    if line in text.splitlines():
+        return text
+    return text + ("" if not text or text.endswith("\n") else "\n") + line + "\n"
 
 
 def parse_dvc_file(text: str) -> tuple[str, int]:
@@ -377,7 +385,7 @@ class RegistryClient:
             info = self._resolve(project, output, version)
             obj = self._cache_object(info.md5)
             downloaded = False
-            if not (obj.is_file() and _md5_of(obj) == info.md5):
+            if not obj.is_file():
                 self._write_local_dvc_config()
                 self._git("checkout", "-q", "-f", "--detach", info.commit)
                 self._write_local_dvc_config()
@@ -401,7 +409,10 @@ class RegistryClient:
                     digest.update(chunk)
                     out.write(chunk)
             if digest.hexdigest() != info.md5:
-                raise RegistryError(f"{info.tag}: the data has md5 {digest.hexdigest()}, the .dvc file says {info.md5}")
+                obj.chmod(0o644)
+                obj.unlink(missing_ok=True)  # a corrupt cache object: the next pull fetches it again
+                raise RegistryError(f"{info.tag}: the data has md5 {digest.hexdigest()}, the .dvc file says {info.md5} "
+                                    "(corrupt local cache object removed; rerun to fetch it again)")
             os.replace(partial, dest)
         except BaseException:
             partial.unlink(missing_ok=True)
@@ -429,22 +440,29 @@ class RegistryClient:
                 return self._existing(existing, md5, rows, size)
 
             rel = f"{project}/{output}"
+            self._add_to_cache(data_file, md5)
+            dvc_text = dvc_file_text(output, md5, size)
+            gitignore = gitignore_with(self.clone_dir / project / ".gitignore", output)
             (self.clone_dir / project).mkdir(exist_ok=True)
-            target = self.clone_dir / rel
-            if data_file.resolve() != target.resolve():
-                try:
-                    os.replace(data_file, target)
-                except OSError:
-                    shutil.move(str(data_file), str(target))
-            log.info("dvc add %s (%.1f MB)", rel, size / 1e6)
-            self.runner.dvc("add", "-q", rel, what=f"dvc add {rel}")
-            dvc_text = (self.clone_dir / f"{rel}.dvc").read_text()
-            added_md5, _ = parse_dvc_file(dvc_text)
-            if added_md5 != md5:
-                raise RegistryError(f"{rel}: DVC hashed {added_md5}, but the export wrote {md5}; the file changed on disk")
+            (self.clone_dir / f"{rel}.dvc").write_text(dvc_text)
             self._push_data(rel, md5, size)
-            gitignore = (self.clone_dir / project / ".gitignore").read_text()
             return self._commit_and_push(project, output, version, tag, md5, rows, size, dvc_text, gitignore)
+
+    def _add_to_cache(self, data_file: Path, md5: str) -> None:
+        """What ``dvc add`` does, without hashing the file a second time: the export already
+        computed the md5 while writing. The file is renamed into the content-addressed cache
+        (same filesystem: the staging folder sits next to the cache), read-only like DVC's own."""
+        obj = self._cache_object(md5)
+        if obj.is_file():
+            data_file.unlink(missing_ok=True)  # the same bytes are cached already
+            return
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(data_file, obj)
+        except OSError:
+            shutil.move(str(data_file), str(obj))
+        obj.chmod(0o444)
+        log.info("cached %s as DVC object %s", data_file.name, md5)
 
     def _existing(self, info: VersionInfo, md5: str, rows: int, size: int) -> PublishResult:
         if info.md5 != md5:
