@@ -8,6 +8,7 @@ help:
 	@echo "make test   - set up everything and run the whole test suite"
 	@echo "make setup  - only the idempotent bootstrap (apt, MariaDB, PostgreSQL, .venv, Airflow DB)"
 	@echo "make e2e    - only the whole loop under a real scheduler (part of make test too)"
+	@echo "make bench  - performance benchmark (BENCH_ARGS='--rows 2000000 --repeat 3')"
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -21,4 +22,8 @@ test: setup
 e2e: setup
 	@source scripts/env.sh && python -m pytest tests/test_scheduler_e2e.py -v $(PYTEST_ARGS)
 
-.PHONY: help setup demo test e2e
+BENCH_ARGS ?=
+bench: setup
+	@source scripts/env.sh && python tests/benchmarks/bench.py $(BENCH_ARGS)
+
+.PHONY: help setup demo test e2e bench
