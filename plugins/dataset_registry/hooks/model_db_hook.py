@@ -5,19 +5,17 @@ Embedded default: when the default connection ``model_db`` is not defined, a SQL
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 from dataset_registry.model_db import ModelDB, ModelDbError
+from dataset_registry.paths import worker_path
 
 
 def default_sqlite_path() -> Path:
-    if os.environ.get("MODEL_DB_PATH"):
-        return Path(os.environ["MODEL_DB_PATH"])
-    return Path(os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")) / "model_db.sqlite"
+    return worker_path("MODEL_DB_PATH", "model_db.sqlite")
 
 
 class ModelDbHook(BaseHook):

@@ -1,11 +1,11 @@
 """RegistryHook: the ``dvc_registry`` connection -> a RegistryClient (git + DVC)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from airflow.sdk import BaseHook
 
+from dataset_registry.paths import worker_path
 from dataset_registry.registry import RegistryClient, RegistrySettings
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -13,10 +13,7 @@ _TRUE = {"1", "true", "yes", "on"}
 
 def default_work_dir() -> Path:
     """Where working clones and the DVC cache live: per worker, kept between runs."""
-    if os.environ.get("DATASET_WORK_DIR"):
-        return Path(os.environ["DATASET_WORK_DIR"])
-    airflow_home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
-    return Path(airflow_home) / "dataset-registry"
+    return worker_path("DATASET_WORK_DIR", "dataset-registry")
 
 
 class RegistryHook(BaseHook):

@@ -8,7 +8,6 @@ succeeded); the task then fails.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,14 +15,13 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from dataset_registry.operators.pull_dataset import pull_version, run_scoped_dir
+from dataset_registry.paths import worker_path
 
 DEFAULT_TRAIN = "dataset_registry.profile:profile"
 
 
 def data_root() -> Path:
-    if os.environ.get("DATASET_DATA_DIR"):
-        return Path(os.environ["DATASET_DATA_DIR"])
-    return Path(os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")) / "dataset-runs"
+    return worker_path("DATASET_DATA_DIR", "dataset-runs")
 
 
 class TrainModelOperator(BaseOperator):
