@@ -224,15 +224,18 @@ def _preprocessing_writer(preprocess: Callable, columns: list[str]):
     """Wrap a DataFrame -> DataFrame callable; its output columns become the CSV header."""
     import pandas as pd
 
+    formatters: dict[tuple, Callable] = {}
+
     def chunk_to_text(batch, with_header: bool) -> str:
         frame = pd.DataFrame.from_records(batch, columns=columns)
         result = preprocess(frame)
         if not isinstance(result, pd.DataFrame):
             raise ExportError(f"preprocess returned {type(result).__name__}, expected a pandas DataFrame", retryable=False)
-        lines = [csv_format.header_line([str(c) for c in result.columns])] if with_header else []
-        fmt = csv_format.format_value
-        for row in result.itertuples(index=False, name=None):
-            lines.append(",".join(fmt(v) for v in row) + "\n")
-        return "".join(lines)
+        names = tuple(str(c) for c in result.columns)
+        formatter = formatters.get(names)
+        if formatter is None:  # compiled once per output shape; every column checked for quoting
+            formatter = formatters[names] = csv_format.compile_row_formatter([False] * len(names))
+        body = "".join(map(formatter, result.itertuples(index=False, name=None)))
+        return (csv_format.header_line(list(names)) + body) if with_header else body
 
     return chunk_to_text
