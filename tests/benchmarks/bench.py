@@ -241,11 +241,12 @@ def main() -> None:
             # Pull of a version already in the local cache (the trainer's second pull).
             from dataset_registry.registry import RegistryClient
 
-            client = RegistryClient(registry.settings(tmp / "work0"))
-            info, path, downloaded = client.pull("bench", "train.csv", "v0", tmp / "pull0" / "train.csv")
+            last = args.repeat - 1  # the registry and worker of the last round
+            client = RegistryClient(registry.settings(tmp / f"work{last}"))
+            info, path, downloaded = client.pull("bench", "train.csv", f"v{last}", tmp / "pull0" / "train.csv")
             for r in range(args.repeat):
                 started = time.perf_counter()
-                _, path, downloaded = client.pull("bench", "train.csv", "v0", tmp / f"pull{r + 1}" / "train.csv")
+                _, path, downloaded = client.pull("bench", "train.csv", f"v{last}", tmp / f"pull{r + 1}" / "train.csv")
                 res.add("pull_cached", time.perf_counter() - started)
                 assert not downloaded
             pull_mb = path.stat().st_size / 1e6
