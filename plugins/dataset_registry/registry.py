@@ -459,8 +459,11 @@ class RegistryClient:
         obj.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.replace(data_file, obj)
-        except OSError:
-            shutil.move(str(data_file), str(obj))
+        except OSError:  # another filesystem: copy beside the object, then rename (never a partial object)
+            tmp = obj.with_name(f".{obj.name}.{uuid.uuid4().hex}.tmp")
+            shutil.copyfile(data_file, tmp)
+            os.replace(tmp, obj)
+            data_file.unlink(missing_ok=True)
         obj.chmod(0o444)
         log.info("cached %s as DVC object %s", data_file.name, md5)
 
