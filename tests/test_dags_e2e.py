@@ -1,13 +1,12 @@
 """End to end: `airflow dags test version_<project>` for a test project, over the real sshd registry."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import MYSQL_PASSWORD, MYSQL_USER, REPO, plain_pull
+from conftest import REPO, plain_pull
 
 pytestmark = pytest.mark.slow
 

@@ -67,7 +67,7 @@ def test_train_retries_through_a_model_db_outage_and_records_once(tmp_path, shop
         proxy.stop.set()
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert f"127.0.0.1" in out and "Connection refused" in out  # the outage was seen and reported
+    assert "127.0.0.1" in out and "Connection refused" in out  # the outage was seen and reported
     assert "up_for_retry" in out or "try_number=2" in out or "UP_FOR_RETRY" in out
     engine = sa.create_engine(pg_database)
     with engine.begin() as conn:

@@ -1,6 +1,5 @@
 """Pulling versions over the real sshd: exact bytes, cache reuse, clear errors, no partial files."""
 import hashlib
-import shutil
 
 import pytest
 

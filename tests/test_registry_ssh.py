@@ -1,7 +1,6 @@
 """The publish protocol against a real sshd, a bare git registry and an SSH DVC remote."""
 import hashlib
 import threading
-from pathlib import Path
 
 import pytest
 

@@ -52,7 +52,7 @@ def test_two_runs_racing_for_one_version_with_different_data(tmp_path, registry,
         for key in contents
     })
     assert len(results) == 1 and len(errors) == 1, (results, errors)
-    (winner, result), (loser, error) = next(iter(results.items())), next(iter(errors.items()))
+    (winner, _), (loser, error) = next(iter(results.items())), next(iter(errors.items()))
     assert isinstance(error, VersionConflictError)
     assert hashlib.md5(contents[winner]).hexdigest() in str(error) and hashlib.md5(contents[loser]).hexdigest() in str(error)
     assert registry.tags() == ["sales/v1"] and registry.commit_count() == 2

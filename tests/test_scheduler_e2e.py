@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MYSQL_PASSWORD, MYSQL_USER, PG_PASSWORD, PG_USER, REPO, free_port
+from conftest import free_port
 
 pytestmark = pytest.mark.slow
 AIRFLOW = str(Path(sys.executable).parent / "airflow")

@@ -11,7 +11,7 @@ quoting (numbers, dates) skip the checks, which keeps the per-row cost low.
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 _NEEDS_QUOTES = re.compile(r'[",\r\n]').search
 
@@ -69,7 +69,3 @@ def _text(value) -> str:
             return value
         return '"' + value.replace('"', '""') + '"'
     return format_value(value)
-
-
-def format_rows(rows: Iterable[Sequence], formatter: Callable[[Sequence], str]) -> str:
-    return "".join(map(formatter, rows))

@@ -86,9 +86,9 @@ def base_env() -> dict[str, str]:
         GIT_PAGER="cat",
         GIT_CONFIG_NOSYSTEM="1",
         DVC_NO_ANALYTICS="1",
-        DVC_NO_UPDATER="1" if "DVC_NO_UPDATER" not in env else env["DVC_NO_UPDATER"],
         LC_ALL="C.UTF-8",
     )
+    env.setdefault("DVC_NO_UPDATER", "1")
     existing = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = str(PLUGINS_DIR) + (os.pathsep + existing if existing else "")
     return env

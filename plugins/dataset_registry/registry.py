@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import random
@@ -386,7 +385,6 @@ class RegistryClient:
             obj = self._cache_object(info.md5)
             downloaded = False
             if not obj.is_file():
-                self._write_local_dvc_config()
                 self._git("checkout", "-q", "-f", "--detach", info.commit)
                 self._write_local_dvc_config()
                 log.info("fetching %s (%s) from the DVC remote %s", info.tag, info.md5, self.settings.remote_url)

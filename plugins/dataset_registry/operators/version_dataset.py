@@ -70,7 +70,7 @@ class VersionDatasetOperator(BaseOperator):
         from dataset_registry.hooks.mysql_source_hook import MySqlSourceHook
         from dataset_registry.hooks.registry_hook import RegistryHook
         from dataset_registry.mysql_export import ExportError, export_query, load_callable
-        from dataset_registry.registry import RegistryError, VersionConflictError
+        from dataset_registry.registry import VersionConflictError
 
         try:
             project = validate_project(self.project)
@@ -115,8 +115,6 @@ class VersionDatasetOperator(BaseOperator):
                 published = client.publish(project, output, version, staging, result.md5, result.rows)
             except VersionConflictError as exc:
                 raise AirflowFailException(str(exc)) from None
-            except RegistryError:
-                raise
         finally:
             staging.unlink(missing_ok=True)
 
