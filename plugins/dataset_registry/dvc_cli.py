@@ -7,8 +7,12 @@ host keys are verified unless the connection opts out.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import shutil
 import sys
+import uuid
 
 ENV_USER = "DATASET_REGISTRY_SSH_USER"
 ENV_PASSWORD = "DATASET_REGISTRY_SSH_PASSWORD"
@@ -48,34 +52,155 @@ def _patch_ssh() -> None:
     dvc_ssh.SSHFileSystem._prepare_credentials = prepare_credentials
 
 
-def verify_remote(remote: str, md5: str, size: int) -> int:
-    """``verify-remote NAME MD5 SIZE``: is the object on the remote, complete? (exit 0 / 1)
+class RemoteObjectError(RuntimeError):
+    """The object is missing or wrong on the remote, or the remote refused an operation."""
 
-    ``dvc push`` only warns when the local cache lacks an object, and ``dvc status --cloud`` then
-    reports nothing useful, so the publish protocol asks the remote itself. Uploads are atomic
-    (dvc-ssh >= 4.2.2 writes a temp file and renames), so presence with the right size means complete.
+
+def _reason(exc: BaseException, where: str = "the remote") -> str:
+    """The remote's own words (asyncssh, OSError, SFTP), never DVC's generic 'Having any troubles?'."""
+    text = str(exc).strip() or type(exc).__name__
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text:
+        text += f" ({where} is out of space: free space there, then rerun)"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _remote_md5(fs, path: str) -> tuple[str, str]:
+    """(md5 of the object's bytes on the remote, how it was computed).
+
+    Over SSH the remote host hashes it (``md5sum``, through sshfs) when it offers a shell; otherwise
+    (SFTP-only accounts, local paths) the bytes are read back and hashed here. Either way the
+    content is proven, not just the size.
+    """
+    checksum = getattr(getattr(fs, "fs", None), "checksum", None)
+    if checksum is not None:
+        try:
+            value = str(checksum(path)).strip().lower()
+            if len(value) == 32:
+                return value, "md5sum on the remote host"
+        except Exception:  # noqa: BLE001 - no shell or no md5sum there: read the bytes back instead
+            pass
+    digest = hashlib.md5()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest(), "read back and hashed"
+
+
+def _state(fs, path: str, md5: str, size: int) -> str:
+    """'ok ...', 'missing ...' or 'corrupt ...' for the object at ``path``."""
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return f"missing: object {md5} is not on the remote"
+    if int(info.get("size", -1)) != size:
+        return f"corrupt: object {md5} has {info.get('size')} bytes on the remote, expected {size}"
+    actual, how = _remote_md5(fs, path)
+    if actual != md5:
+        return f"corrupt: object {md5} on the remote holds bytes with md5 {actual}"
+    return f"ok: object {md5} ({size} bytes) is on the remote, content verified ({how})"
+
+
+def _protocols(fs) -> tuple:
+    protocol = getattr(fs, "protocol", ())
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _upload(fs, local: str, path: str) -> None:
+    """Upload to a temporary name beside the object, then rename over it (atomic on SFTP with
+    posix-rename and on local paths). The temporary file is removed on every failure."""
+    parent, name = path.rsplit("/", 1)
+    tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        fs.makedirs(parent, exist_ok=True)
+        if "local" in _protocols(fs):  # DVC's local put_file keeps a temp file of its own on failure
+            with open(local, "rb") as src, fs.open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        else:
+            fs.put_file(local, tmp)
+        fs.mv(tmp, path)
+    except BaseException:
+        try:
+            fs.rm(tmp)
+        except Exception:  # noqa: BLE001 - never there, or the remote is gone: nothing more to do
+            pass
+        raise
+
+
+def ensure_remote(remote: str, md5: str, size: int, local: str | None) -> int:
+    """``ensure-remote NAME MD5 SIZE [LOCAL_FILE]``: make the remote hold exactly these bytes.
+
+    The object's content on the remote is hashed. When it is missing or wrong and ``LOCAL_FILE`` is
+    given (bytes whose md5 this run computed), those bytes are uploaded and hashed again: a corrupt
+    remote object is replaced, never trusted. Exit 0 only when the remote content is proven.
     """
     from dvc.repo import Repo
 
     with Repo(".") as repo:
-        odb = repo.cloud.get_remote_odb(remote, "verify-remote")
-        path = odb.oid_to_path(md5)
+        odb = repo.cloud.get_remote_odb(remote, "ensure-remote")
+        fs, path = odb.fs, odb.oid_to_path(md5)
         try:
-            info = odb.fs.info(path)
-        except FileNotFoundError:
-            print(f"missing: object {md5} is not on the remote")
+            state = _state(fs, path, md5, size)
+        except Exception as exc:  # noqa: BLE001 - reported with the remote's reason, exit 1
+            print(f"error: cannot read object {md5} on the remote: {_reason(exc)}")
             return 1
-        if int(info.get("size", -1)) != size:
-            print(f"incomplete: object {md5} has {info.get('size')} bytes on the remote, expected {size}")
-            return 1
-    print(f"ok: object {md5} ({size} bytes) is on the remote")
+        if not state.startswith("ok") and local:
+            print(f"{state}: uploading it", flush=True)
+            try:
+                _upload(fs, local, path)
+                state = _state(fs, path, md5, size)
+            except Exception as exc:  # noqa: BLE001 - reported with the remote's reason, exit 1
+                print(f"error: {state}, and uploading it failed: {_reason(exc)}")
+                return 1
+    print(state)
+    return 0 if state.startswith("ok") else 1
+
+
+def fetch_object(remote: str, md5: str, dest: str) -> int:
+    """``fetch-object NAME MD5 DEST``: download the object to DEST (written beside it, then renamed),
+    hashing while it streams; DEST is only created when the bytes match."""
+    from dvc.repo import Repo
+
+    tmp = f"{dest}.{uuid.uuid4().hex}.partial"
+    try:
+        with Repo(".") as repo:
+            odb = repo.cloud.get_remote_odb(remote, "fetch-object")
+            fs, path = odb.fs, odb.oid_to_path(md5)
+            try:
+                fs.info(path)
+            except FileNotFoundError:
+                print(f"missing: object {md5} is not on the remote")
+                return 1
+            digest = hashlib.md5()
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with fs.open(path, "rb") as src, open(tmp, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        print(f"error: cannot write {dest}: {_reason(exc, 'the local disk')}")
+                        return 1
+            if digest.hexdigest() != md5:
+                print(f"corrupt: object {md5} on the remote holds bytes with md5 {digest.hexdigest()}")
+                return 1
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
+    except Exception as exc:  # noqa: BLE001 - reported with the remote's or the disk's reason, exit 1
+        print(f"error: {_reason(exc)}")
+        return 1
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print(f"ok: object {md5} fetched and verified")
     return 0
 
 
 def main(argv: list[str]) -> int:
     _patch_ssh()
-    if argv[:1] == ["verify-remote"] and len(argv) == 4:
-        return verify_remote(argv[1], argv[2], int(argv[3]))
+    if argv[:1] == ["ensure-remote"] and len(argv) in (4, 5):
+        return ensure_remote(argv[1], argv[2], int(argv[3]), argv[4] if len(argv) == 5 else None)
+    if argv[:1] == ["fetch-object"] and len(argv) == 4:
+        return fetch_object(argv[1], argv[2], argv[3])
     from dvc.cli import main as dvc_main
 
     return dvc_main(argv)

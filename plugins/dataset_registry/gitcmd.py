@@ -65,7 +65,10 @@ class Runner:
     @staticmethod
     def _name(args: Sequence[str]) -> str:
         if args and args[0] == "git":
-            return "git " + (args[1] if len(args) > 1 else "")
+            rest = list(args[1:])
+            while rest and rest[0] in ("-c", "-C"):  # global options and their values come first
+                rest = rest[2:]
+            return "git " + (rest[0] if rest else "")
         if "dataset_registry.dvc_cli" in args:
             i = list(args).index("dataset_registry.dvc_cli")
             return "dvc " + (args[i + 1] if len(args) > i + 1 else "")

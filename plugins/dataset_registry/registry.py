@@ -1,19 +1,26 @@
 """The dataset registry: one git repository (DVC files, one tag per version) + one DVC remote.
 
 The publish protocol (what makes a tag trustworthy):
-1. Under a per-worker file lock, the working clone is reused: fetch, hard reset, repaired if broken.
-2. If the tag already exists on the registry remote, compare md5s: same bytes -> done, nothing
-   changes; different bytes -> VersionConflictError naming both md5s.
-3. The export (already hashed while writing) is renamed into the DVC cache and its ``.dvc`` file
-   written, as ``dvc add`` would, without a second hash; ``dvc push``; then the remote itself must
-   show the object with the right size (``dvc push`` only warns when a cache file is missing).
-4. Commit ``<project>/<output>.dvc`` (no commit when it is unchanged), annotated tag, then ONE
-   ``git push --atomic`` of branch + tag. If the branch moved, the commit is replayed on the new tip
-   and pushed again (bounded, with jitter); if the tag appeared meanwhile, step 2 decides.
+1. Under a per-worker file lock, the working clone is reused: stale git locks cleared (only our
+   processes use the clone, and we hold the flock), fetch, hard reset, re-created if broken.
+   Only a repository with no refs at all is new; a missing branch in a non-empty one is an error.
+2. The export (hashed while it was written) replaces whatever the DVC cache holds under that md5:
+   the fresh bytes always win over a possibly corrupt cached copy.
+3. If the tag already exists on the registry remote, compare md5s: different bytes ->
+   VersionConflictError naming both md5s; same bytes -> make sure the remote holds them (step 4),
+   then done without a commit (this is how a lost remote object is restored).
+4. ``ensure-remote``: the object's CONTENT on the DVC remote is hashed (``md5sum`` on the SSH host,
+   else read back); missing or wrong -> the fresh bytes are uploaded to a temp name and renamed over
+   it, then hashed again. Nothing is committed before the remote content is proven.
+5. Commit ``<project>/<output>.dvc`` (no commit when it is unchanged), annotated tag carrying a
+   unique publish id, then ONE ``git push --atomic`` of branch + tag. If the branch moved, the
+   commit is replayed on the new tip and pushed again (bounded, with jitter); if the tag appeared
+   meanwhile, step 3 decides, and only the run whose publish id is in the tag reports ``created``.
 Tags are never deleted, moved or force-pushed on the remote.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
@@ -27,11 +34,12 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 from dataset_registry import dvc_cli
-from dataset_registry.gitcmd import CommandError, Runner, base_env
+from dataset_registry.gitcmd import CommandError, Runner, base_env, redact
 from dataset_registry.names import tag_name, validate_output, validate_project, validate_version
 
 log = logging.getLogger(__name__)
@@ -40,7 +48,16 @@ DVC_REMOTE = "storage"
 TAG_NAMESPACE = "refs/registry-tags"  # remote tags are fetched here, so stale local tags never mislead
 PUSH_ATTEMPTS = 20
 LOCK_TIMEOUT = 3600.0
+STALE_STAGING_SECONDS = 86400  # exports left by killed runs are reaped after a day
 COMMITTER = ["-c", "user.name=Dataset Registry", "-c", "user.email=dataset-registry@localhost"]
+# Answers git's/ssh's prompts from variables set only for the child process: the login for a
+# "Username for 'https://…'" prompt, the password for everything else. No secret is in the file.
+ASKPASS_SCRIPT = """#!/bin/sh
+case "$1" in
+  [Uu]sername*) exec printf '%s\\n' "$DATASET_REGISTRY_SSH_USER" ;;
+  *) exec printf '%s\\n' "$DATASET_REGISTRY_SSH_PASSWORD" ;;
+esac
+"""
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
 _SSH_URL = re.compile(r"^ssh://(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.\-\[\]:]+(?::\d+)?/[^\s\"']*$")
 
@@ -92,6 +109,12 @@ class RegistrySettings:
             value = getattr(self, name)
             if value is not None and (not os.path.isabs(value) or "\0" in value):
                 raise RegistryError(f"dvc_registry connection: extra.{name} must be an absolute path")
+        work_dir = str(self.work_dir)
+        if not os.path.isabs(work_dir) or "\0" in work_dir or "\n" in work_dir:
+            raise RegistryError(
+                f"dvc_registry connection: work_dir {work_dir[:200]!r} must be an absolute path (the worker's "
+                "folder for working clones and the DVC cache); set extra.work_dir or DATASET_WORK_DIR to one"
+            )
 
 
 @dataclass(frozen=True)
@@ -118,6 +141,7 @@ class VersionInfo:
     bytes: int
     rows: int | None
     commit: str
+    publish_id: str | None = None  # from the tag message: which run created the tag
 
 
 def dvc_file_text(output: str, md5: str, size: int) -> str:
@@ -132,6 +156,28 @@ def gitignore_with(path: Path, output: str) -> str:
     if line in text.splitlines():
         return text
     return text + ("" if not text or text.endswith("\n") else "\n") + line + "\n"
+
+
+def local_disk_error(exc: OSError, path: Path, doing: str) -> RegistryError | OSError:
+    """A full or read-only local disk, named: which path, and what to do (a bare Errno 28 says neither)."""
+    if exc.errno == errno.ENOSPC:
+        return RegistryError(f"no space left on the device while {doing} {path}: free space on that filesystem "
+                             "or point the worker's work dir (DATASET_WORK_DIR / extra.work_dir, "
+                             "DATASET_DATA_DIR) at a larger one, then rerun")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return RegistryError(f"cannot write {path} while {doing} it: {exc.strerror}; check the folder's permissions")
+    return exc
+
+
+def _last_line(proc) -> str:
+    lines = ((proc.stdout or "") + (proc.stderr or "")).strip().splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
+def _message_field(message: str, name: str) -> str | None:
+    """A ``name: value`` line of a tag message written by ``publish``."""
+    match = re.search(rf"^{re.escape(name)}: (\S+)$", message, re.M)
+    return match.group(1) if match else None
 
 
 def parse_dvc_file(text: str) -> tuple[str, int]:
@@ -176,10 +222,10 @@ class RegistryClient:
         else:
             ssh += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
         if s.ssh_password:
-            askpass = self.work_dir / "askpass.sh"
+            askpass = self.work_dir / "askpass-v2.sh"  # v2: answers user-name prompts with the login
             if not askpass.exists():
                 tmp = askpass.with_name(f".askpass.{uuid.uuid4().hex}")
-                tmp.write_text('#!/bin/sh\nexec printf \'%s\\n\' "$DATASET_REGISTRY_SSH_PASSWORD"\n')
+                tmp.write_text(ASKPASS_SCRIPT)
                 tmp.chmod(0o700)
                 os.replace(tmp, askpass)
             env.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=env.get("DISPLAY", ":0"))
@@ -242,26 +288,55 @@ class RegistryClient:
             return False
         return url == self.settings.repo_url
 
-    def sync(self) -> bool:
-        """Bring the working clone to the registry's current state. Returns whether the branch exists.
+    def _clear_stale_locks(self) -> None:
+        """Remove every git lock file in the clone (index, HEAD, config, packed-refs, any ref under
+        refs/, including the private tag namespace). Only this worker's tasks use the clone and we
+        hold its flock, so a lock can only be left by a killed process."""
+        git_dir = self.clone_dir / ".git"
+        candidates = [*git_dir.glob("*.lock"), *(git_dir / "refs").rglob("*.lock")]
+        for stale in candidates:
+            log.warning("removing stale git lock %s left by an interrupted run", stale)
+            stale.unlink(missing_ok=True)
 
-        A clone left dirty or locked by a killed run is repaired here (we hold the flock, so a
-        leftover ``index.lock`` cannot belong to a live process of this worker).
+    def sync(self) -> bool:
+        """Bring the working clone to the registry's current state. Returns whether the branch exists
+        (False only for an empty repository: one with no refs at all).
+
+        A clone left dirty or locked by a killed run is repaired here; one that still fails to fetch
+        or check out after that is re-created from scratch once.
         """
+        try:
+            return self._sync_once()
+        except CommandError as exc:  # fetch errors (network, auth) are RegistryErrors and pass through
+            log.warning("working clone %s is damaged (%s): re-creating it", self.clone_dir, exc)
+            self._fresh_clone()
+            try:
+                return self._sync_once()
+            except CommandError as again:
+                raise RegistryError(str(again)) from None
+
+    def _sync_once(self) -> bool:
         if not self._clone_is_healthy():
             log.info("creating working clone of the registry in %s", self.clone_dir)
             self._fresh_clone()
-        for stale in (self.clone_dir / ".git" / "index.lock", self.clone_dir / ".git" / "HEAD.lock"):
-            if stale.exists():
-                log.warning("removing stale %s left by an interrupted run", stale)
-                stale.unlink()
+        self._clear_stale_locks()
         self.fetch()
         branch = self.settings.branch
         exists = bool(self._git("rev-parse", "-q", "--verify", f"refs/remotes/origin/{branch}^{{commit}}", check=False))
         if exists:
             self._git("checkout", "-q", "-f", "-B", branch, f"refs/remotes/origin/{branch}")
             self._git("clean", "-q", "-f", "-d")
-        return exists
+            return True
+        branches = self._git("for-each-ref", "--format=%(refname:lstrip=3)", "refs/remotes/origin/").split()
+        tags = self._git("for-each-ref", "--count=1", "--format=%(refname)", f"{TAG_NAMESPACE}/")
+        if branches or tags:
+            raise RegistryError(
+                f"the registry repository {self.settings.repo_url} has no branch {branch!r} but is not empty "
+                f"(branches: {', '.join(sorted(branches)[:20]) or 'none'}; tags: {'yes' if tags else 'none'}). "
+                "Only a repository without any refs is initialized; set extra.branch to an existing branch, "
+                "or restore the branch on the registry (tags keep their commits)."
+            )
+        return False
 
     def fetch(self) -> None:
         try:
@@ -331,18 +406,35 @@ class RegistryClient:
             raise RegistryError(f"tag {tag} exists but has no {dvc_path}: was the project's output file renamed?") from None
         md5, size = parse_dvc_file(text)
         message = self._git("for-each-ref", "--format=%(contents)", ref)
-        rows = None
-        match = re.search(r"^rows: (\d+)$", message, re.M)
-        if match:
-            rows = int(match.group(1))
-        return VersionInfo(project, version, tag, md5, size, rows, commit)
+        rows = _message_field(message, "rows")
+        return VersionInfo(project, version, tag, md5, size, int(rows) if rows and rows.isdigit() else None, commit,
+                           publish_id=_message_field(message, "publish-id"))
 
     def list_versions(self, project: str) -> list[str]:
-        """Versions of a project on the registry remote, newest first (by tag creation time)."""
+        """Versions of a project on the registry remote, newest first.
+
+        "Newest" is the order in which versions landed: first by the position of the tagged commit
+        on the branch (a later commit is newer; the branch is the one serialization point all
+        workers agree on), then, for versions on the same commit (unchanged data), by the
+        microsecond ``created`` time in the tag message, then the tag's own date, then the name.
+        Tags whose commit is not on the branch (made by hand) come after, by date.
+        """
         validate_project(project)
-        out = self._git("for-each-ref", "--sort=-creatordate", "--format=%(refname)", f"{TAG_NAMESPACE}/{project}/")
         prefix = f"{TAG_NAMESPACE}/{project}/"
-        return [line[len(prefix):] for line in out.splitlines() if line.startswith(prefix)]
+        out = self._git("for-each-ref", "--format=%(refname)%00%(*objectname)%00%(objectname)%00%(creatordate:unix)"
+                        "%00%(contents)%01", prefix)
+        branch = self._git("rev-list", "--first-parent", f"refs/remotes/origin/{self.settings.branch}", check=False)
+        position = {sha: i for i, sha in enumerate(reversed(branch.split()))}  # oldest commit = 0
+        keyed = []
+        for record in out.split("\x01"):
+            fields = record.strip("\n").split("\x00")
+            if len(fields) != 5 or not fields[0].startswith(prefix):
+                continue
+            ref, peeled, direct, date, message = fields
+            commit = peeled or direct
+            created = _message_field(message, "created") or ""
+            keyed.append(((position.get(commit, -1), created, int(date or 0), ref[len(prefix):]), ref[len(prefix):]))
+        return [name for _, name in sorted(keyed, reverse=True)]
 
     # ---------------------------------------------------------------- pulling
     def resolve_version(self, project: str, output: str, version: str | None) -> VersionInfo:
@@ -385,22 +477,17 @@ class RegistryClient:
             obj = self._cache_object(info.md5)
             downloaded = False
             if not obj.is_file():
-                self._git("checkout", "-q", "-f", "--detach", info.commit)
                 self._write_local_dvc_config()
                 log.info("fetching %s (%s) from the DVC remote %s", info.tag, info.md5, self.settings.remote_url)
-                try:
-                    self.runner.dvc("fetch", "-q", "-r", DVC_REMOTE, f"{project}/{output}.dvc",
-                                    what=f"dvc fetch from the DVC remote {self.settings.remote_url}")
-                except CommandError as exc:
-                    raise RegistryError(f"cannot get {info.tag} (md5 {info.md5}): {exc}") from None
+                check = self._dvc_tool("fetch-object", DVC_REMOTE, info.md5, str(obj))
+                if check.returncode != 0 or not obj.is_file():
+                    raise RegistryError(f"cannot get {info.tag} (md5 {info.md5}) from the DVC remote "
+                                        f"{self.settings.remote_url}: {_last_line(check)}")
                 downloaded = True
-                if not obj.is_file():
-                    raise RegistryError(f"cannot get {info.tag}: object {info.md5} is missing on the DVC remote "
-                                        f"{self.settings.remote_url}")
             else:
                 log.info("%s (%s) found in the local DVC cache: no download", info.tag, info.md5)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
             digest = hashlib.md5()
             with open(obj, "rb") as src, open(partial, "wb") as out:
                 while chunk := src.read(1 << 20):
@@ -412,6 +499,9 @@ class RegistryClient:
                 raise RegistryError(f"{info.tag}: the data has md5 {digest.hexdigest()}, the .dvc file says {info.md5} "
                                     "(corrupt local cache object removed; rerun to fetch it again)")
             os.replace(partial, dest)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise local_disk_error(exc, dest, f"copying {info.tag} to") from None
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -419,86 +509,111 @@ class RegistryClient:
 
     # ---------------------------------------------------------------- publishing
     def staging_file(self, project: str, output: str) -> Path:
-        """A fresh path on the clone's filesystem, so placing the export is a rename, not a copy."""
+        """A fresh path on the clone's filesystem, so placing the export is a rename, not a copy.
+        Exports that killed runs left behind (older than a day) are removed first."""
         validate_project(project)
         validate_output(output)
+        self._reap_stale_staging()
         return self.staging_dir / f"{project}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{output}"
 
+    def _reap_stale_staging(self) -> None:
+        cutoff = time.time() - STALE_STAGING_SECONDS
+        for stale in self.staging_dir.iterdir():
+            try:
+                if stale.is_file() and stale.stat().st_mtime < cutoff:
+                    stale.unlink()
+                    log.info("removed stale staging file %s (left by a killed run)", stale)
+            except FileNotFoundError:
+                pass  # another task reaped it first
+
+    def _dvc_tool(self, *args: str):
+        """Our ``dvc_cli`` sub-commands (object-level work on the DVC remote); output redacted."""
+        proc = self.runner.run([sys.executable, "-m", "dataset_registry.dvc_cli", *args], check=False)
+        proc.stdout = redact(proc.stdout or "", self.runner.secrets)
+        proc.stderr = redact(proc.stderr or "", self.runner.secrets)
+        return proc
+
     def publish(self, project: str, output: str, version: str, data_file: Path, md5: str, rows: int) -> PublishResult:
+        """Publish ``data_file`` (whose md5 the caller computed while writing it) as ``<project>/<version>``."""
         validate_project(project)
         validate_output(output)
         validate_version(version)
         tag = tag_name(project, version)
         data_file = Path(data_file)
         size = data_file.stat().st_size
+        rel = f"{project}/{output}"
         with self.locked():
             self._prepare()
             existing = self._tag_info(project, output, version)
-            if existing is not None:
-                return self._existing(existing, md5, rows, size)
-
-            rel = f"{project}/{output}"
+            if existing is not None and existing.md5 != md5:
+                raise self._conflict(existing, md5)
             self._add_to_cache(data_file, md5)
+            self._push_data(rel, md5, size)
+            if existing is not None:
+                log.info("tag %s already exists with the same content (md5 %s), verified on the remote: "
+                         "nothing to do", tag, md5)
+                return PublishResult(project, version, tag, md5, rows, size, existing.commit, created=False)
             dvc_text = dvc_file_text(output, md5, size)
             gitignore = gitignore_with(self.clone_dir / project / ".gitignore", output)
-            (self.clone_dir / project).mkdir(exist_ok=True)
-            (self.clone_dir / f"{rel}.dvc").write_text(dvc_text)
-            self._push_data(rel, md5, size)
             return self._commit_and_push(project, output, version, tag, md5, rows, size, dvc_text, gitignore)
 
     def _add_to_cache(self, data_file: Path, md5: str) -> None:
-        """What ``dvc add`` does, without hashing the file a second time: the export already
-        computed the md5 while writing. The file is renamed into the content-addressed cache
-        (same filesystem: the staging folder sits next to the cache), read-only like DVC's own."""
+        """What ``dvc add`` does, without hashing the file a second time: the export computed the md5
+        while writing. The fresh file always REPLACES whatever the cache holds under that name (a
+        cached copy may have been damaged since; the fresh bytes are the ones we hashed). Renamed
+        into the content-addressed cache (same filesystem: staging sits next to the cache),
+        read-only like DVC's own."""
         obj = self._cache_object(md5)
-        if obj.is_file():
-            data_file.unlink(missing_ok=True)  # the same bytes are cached already
-            return
-        obj.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.replace(data_file, obj)
-        except OSError:  # another filesystem: copy beside the object, then rename (never a partial object)
-            tmp = obj.with_name(f".{obj.name}.{uuid.uuid4().hex}.tmp")
-            shutil.copyfile(data_file, tmp)
-            os.replace(tmp, obj)
-            data_file.unlink(missing_ok=True)
-        obj.chmod(0o444)
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(data_file, obj)
+            except OSError as exc:  # another filesystem: copy beside the object, then rename
+                if exc.errno != errno.EXDEV:
+                    raise
+                tmp = obj.with_name(f".{obj.name}.{uuid.uuid4().hex}.tmp")
+                try:
+                    shutil.copyfile(data_file, tmp)
+                    os.replace(tmp, obj)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                data_file.unlink(missing_ok=True)
+            obj.chmod(0o444)
+        except OSError as exc:
+            raise local_disk_error(exc, obj, "placing the export in the DVC cache at") from None
         log.info("cached %s as DVC object %s", data_file.name, md5)
 
-    def _existing(self, info: VersionInfo, md5: str, rows: int, size: int) -> PublishResult:
-        if info.md5 != md5:
-            raise VersionConflictError(
-                f"tag {info.tag} already exists with different content: the registry has md5 {info.md5}, "
-                f"this run produced md5 {md5}. Tags are immutable: publish under a new version name "
-                "(trigger param 'version'), or check why the same window gave different data."
-            )
-        log.info("tag %s already exists with the same content (md5 %s): nothing to do", info.tag, md5)
-        return PublishResult(info.project, info.version, info.tag, md5, rows, size, info.commit, created=False)
+    @staticmethod
+    def _conflict(info: VersionInfo, md5: str) -> VersionConflictError:
+        return VersionConflictError(
+            f"tag {info.tag} already exists with different content: the registry has md5 {info.md5}, "
+            f"this run produced md5 {md5}. Tags are immutable: publish under a new version name "
+            "(trigger param 'version'), or check why the same window gave different data."
+        )
 
     def _push_data(self, rel: str, md5: str, size: int) -> None:
-        """Push, then ask the remote itself whether the object is there with the right size."""
+        """Make the DVC remote hold exactly the cached bytes: its content is hashed, and uploaded from
+        the cache (the fresh export) when missing or wrong. Nothing is committed before this holds."""
         remote = self.settings.remote_url
-        log.info("dvc push %s to %s", rel, remote)
-        try:
-            self.runner.dvc("push", "-q", "-r", DVC_REMOTE, f"{rel}.dvc", what=f"dvc push to the DVC remote {remote}")
-        except CommandError as exc:
-            raise RegistryError(str(exc)) from None
-        check = self.runner.run(
-            [sys.executable, "-m", "dataset_registry.dvc_cli", "verify-remote", DVC_REMOTE, md5, str(size)], check=False,
-        )
+        obj = self._cache_object(md5)
+        log.info("ensuring %s (md5 %s, %d bytes) is on the DVC remote %s", rel, md5, size, remote)
+        check = self._dvc_tool("ensure-remote", DVC_REMOTE, md5, str(size), str(obj))
+        for line in (check.stdout or "").splitlines()[:-1]:
+            log.info("DVC remote: %s", line)
         if check.returncode != 0:
-            detail = (check.stdout + check.stderr).strip().splitlines()
             raise RegistryError(
-                f"after dvc push, the DVC remote {remote} does not hold {rel} (md5 {md5}): "
-                f"{detail[-1] if detail else 'verification failed'}. Was the local DVC cache file removed? "
-                "Nothing was committed or tagged; rerun the task."
+                f"the DVC remote {remote} does not hold {rel} (md5 {md5}): {_last_line(check)}. "
+                "Nothing was committed or tagged; fix the remote and rerun the task."
             )
-        log.info("verified on the DVC remote: %s (md5 %s, %d bytes)", rel, md5, size)
+        log.info("verified on the DVC remote: %s", _last_line(check))
 
     def _commit_and_push(self, project, output, version, tag, md5, rows, size, dvc_text, gitignore) -> PublishResult:
         branch = self.settings.branch
         rel = f"{project}/{output}"
-        message = f"{project}: version {version}\n\nmd5: {md5}\nrows: {rows}\nbytes: {size}\n"
+        publish_id = uuid.uuid4().hex
+        created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        message = (f"{project}: version {version}\n\nmd5: {md5}\nrows: {rows}\nbytes: {size}\n"
+                   f"created: {created}\npublish-id: {publish_id}\n")
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             (self.clone_dir / project).mkdir(exist_ok=True)
             (self.clone_dir / f"{rel}.dvc").write_text(dvc_text)
@@ -515,14 +630,16 @@ class RegistryClient:
                     f"refs/heads/{branch}:refs/heads/{branch}", f"refs/tags/{tag}:refs/tags/{tag}",
                     what=f"git push to the registry repository {self.settings.repo_url}",
                 )
-                log.info("published %s at commit %s", tag, commit[:12])
-                self._git("update-ref", self._remote_tag_ref(tag), f"refs/tags/{tag}")
-                return PublishResult(project, version, tag, md5, rows, size, commit, created=True)
             except CommandError as exc:
                 self.fetch()  # learn why: branch moved, tag taken, or remote unreachable (raises)
                 existing = self._tag_info(project, output, version)
                 if existing is not None:
-                    return self._existing(existing, md5, rows, size)
+                    if existing.md5 != md5:
+                        raise self._conflict(existing, md5) from None
+                    mine = existing.publish_id == publish_id  # our push landed, only its answer was lost
+                    log.info("tag %s %s with the same content", tag, "was pushed by this run" if mine else
+                             "was published meanwhile by another run")
+                    return PublishResult(project, version, tag, md5, rows, size, existing.commit, created=mine)
                 if self._origin_tip() == base:
                     raise RegistryError(f"could not publish {tag}: {exc}") from None
                 if attempt == PUSH_ATTEMPTS:
@@ -531,6 +648,13 @@ class RegistryClient:
                 log.info("branch %s moved (another publish landed); replaying on the new tip in %.1f s", branch, delay)
                 time.sleep(delay)
                 self._git("checkout", "-q", "-f", "-B", branch, f"refs/remotes/origin/{branch}")
+                continue
+            log.info("published %s at commit %s", tag, commit[:12])
+            # Bookkeeping only: the push landed, so a failure here must not turn it into a failed publish
+            # (the next fetch writes the same ref anyway).
+            if self.runner.run(["git", "update-ref", self._remote_tag_ref(tag), f"refs/tags/{tag}"], check=False).returncode:
+                log.warning("could not record %s in the clone's tag namespace; the next fetch will", tag)
+            return PublishResult(project, version, tag, md5, rows, size, commit, created=True)
         raise AssertionError("unreachable")
 
     def _origin_tip(self) -> str:
