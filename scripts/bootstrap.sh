@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent set-up shared by `make demo` and `make test`: apt packages, MariaDB and a throwaway
-# local account, the virtualenv with pinned packages, and a migrated Airflow metadata DB.
+# Idempotent set-up shared by `make demo` and `make test`: apt packages, MariaDB and two throwaway
+# local accounts (SELECT-only for exports, admin for seeding), the virtualenv with pinned packages,
+# and a migrated Airflow metadata DB.
 # A second run only checks and exits fast.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -29,11 +30,21 @@ if ! mysql_root -e "SELECT 1" >/dev/null 2>&1; then
   for _ in $(seq 1 60); do mysql_root -e "SELECT 1" >/dev/null 2>&1 && break; sleep 0.5; done
   mysql_root -e "SELECT 1" >/dev/null || { echo "MariaDB did not start" >&2; exit 1; }
 fi
+# The export account is SELECT-only on the raw schemas (the demo's, the tests' dsv_test_* and the
+# benchmark's dsv_bench): no writes, no FILE, no *.* grant. The admin account creates and seeds them.
+# Idempotent, and it also downgrades machines where an older bootstrap granted ALL ON *.*.
 mysql_root <<SQL
 CREATE USER IF NOT EXISTS '${DEMO_MYSQL_USER}'@'localhost' IDENTIFIED BY '${DEMO_MYSQL_PASSWORD}';
 CREATE USER IF NOT EXISTS '${DEMO_MYSQL_USER}'@'127.0.0.1' IDENTIFIED BY '${DEMO_MYSQL_PASSWORD}';
-GRANT ALL PRIVILEGES ON *.* TO '${DEMO_MYSQL_USER}'@'localhost';
-GRANT ALL PRIVILEGES ON *.* TO '${DEMO_MYSQL_USER}'@'127.0.0.1';
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM '${DEMO_MYSQL_USER}'@'localhost';
+REVOKE ALL PRIVILEGES, GRANT OPTION FROM '${DEMO_MYSQL_USER}'@'127.0.0.1';
+GRANT SELECT ON \`demo_raw\`.* TO '${DEMO_MYSQL_USER}'@'localhost', '${DEMO_MYSQL_USER}'@'127.0.0.1';
+GRANT SELECT ON \`dsv\\_test\\_%\`.* TO '${DEMO_MYSQL_USER}'@'localhost', '${DEMO_MYSQL_USER}'@'127.0.0.1';
+GRANT SELECT ON \`dsv\\_bench\`.* TO '${DEMO_MYSQL_USER}'@'localhost', '${DEMO_MYSQL_USER}'@'127.0.0.1';
+CREATE USER IF NOT EXISTS '${DEMO_MYSQL_ADMIN_USER}'@'localhost' IDENTIFIED BY '${DEMO_MYSQL_ADMIN_PASSWORD}';
+CREATE USER IF NOT EXISTS '${DEMO_MYSQL_ADMIN_USER}'@'127.0.0.1' IDENTIFIED BY '${DEMO_MYSQL_ADMIN_PASSWORD}';
+GRANT ALL PRIVILEGES ON *.* TO '${DEMO_MYSQL_ADMIN_USER}'@'localhost';
+GRANT ALL PRIVILEGES ON *.* TO '${DEMO_MYSQL_ADMIN_USER}'@'127.0.0.1';
 SQL
 
 # 2b. PostgreSQL running (model DB tests, scheduler end-to-end metadata DB), with a password role.

@@ -8,14 +8,15 @@ cd "$REPO_ROOT"
 DEMO="$REPO_ROOT/.work/demo"
 say() { printf '\n==> %s\n' "$*"; }
 
-say "seeding MySQL database demo_raw (8 tricky rows over two days)"
-MYSQL_PWD="$DEMO_MYSQL_PASSWORD" mariadb -h127.0.0.1 -u"$DEMO_MYSQL_USER" < include/demo/seed.sql
+say "seeding MySQL database demo_raw (8 tricky rows over two days) as $DEMO_MYSQL_ADMIN_USER"
+MYSQL_PWD="$DEMO_MYSQL_ADMIN_PASSWORD" mariadb -h127.0.0.1 -u"$DEMO_MYSQL_ADMIN_USER" < include/demo/seed.sql
 
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 git init -q --bare --initial-branch=main "$DEMO/registry.git"
 export DATASET_WORK_DIR="$DEMO/worker"
 export DATASET_DATA_DIR="$DEMO/runs"
 export MODEL_DB_PATH="$DEMO/model_db.sqlite"   # the embedded default model DB (no model_db connection set)
+# The export connects as the SELECT-only account.
 export AIRFLOW_CONN_MYSQL_RAW="{\"conn_type\":\"mysql\",\"host\":\"127.0.0.1\",\"port\":3306,\"login\":\"$DEMO_MYSQL_USER\",\"password\":\"$DEMO_MYSQL_PASSWORD\"}"
 export AIRFLOW_CONN_DVC_REGISTRY="{\"conn_type\":\"generic\",\"extra\":{\"repo_url\":\"$DEMO/registry.git\",\"remote_url\":\"$DEMO/dvc-store\"}}"
 say "registry: $DEMO/registry.git (empty, initialized on first publish); DVC remote: $DEMO/dvc-store"

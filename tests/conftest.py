@@ -18,8 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 sys.path.insert(0, str(REPO / "include"))
 
+# Exports connect as the SELECT-only account; tables are created and seeded by the admin account
+# (both made by scripts/bootstrap.sh).
 MYSQL_USER = os.environ.get("DEMO_MYSQL_USER", "dataset_demo")
 MYSQL_PASSWORD = os.environ.get("DEMO_MYSQL_PASSWORD", "dataset_demo")
+MYSQL_ADMIN_USER = os.environ.get("DEMO_MYSQL_ADMIN_USER", "dataset_admin")
+MYSQL_ADMIN_PASSWORD = os.environ.get("DEMO_MYSQL_ADMIN_PASSWORD", "dataset_admin")
 
 
 def free_port() -> int:
@@ -38,20 +42,28 @@ def run(args, cwd=None, env=None, check=True, timeout=300) -> subprocess.Complet
 # ------------------------------------------------------------------ MySQL
 @pytest.fixture(scope="session")
 def mysql_params() -> dict:
+    """The SELECT-only export account (SELECT on dsv_test_*, demo_raw, dsv_bench)."""
     return {"host": "127.0.0.1", "port": 3306, "user": MYSQL_USER, "passwd": MYSQL_PASSWORD}
 
 
+@pytest.fixture(scope="session")
+def mysql_admin_params() -> dict:
+    """The admin account: creates databases, tables and rows. Exports use ``mysql_params``, except
+    tests that show the export refuses writes even when its account could write."""
+    return {"host": "127.0.0.1", "port": 3306, "user": MYSQL_ADMIN_USER, "passwd": MYSQL_ADMIN_PASSWORD}
+
+
 @pytest.fixture
-def mysql_db(mysql_params):
-    """A fresh database; yields (name, connection factory)."""
+def mysql_db(mysql_admin_params):
+    """A fresh database; yields (name, connection factory). Connections are the admin account's."""
     import MySQLdb
 
     name = f"dsv_test_{uuid.uuid4().hex[:10]}"
-    admin = MySQLdb.connect(**mysql_params, charset="utf8mb4", autocommit=True)
+    admin = MySQLdb.connect(**mysql_admin_params, charset="utf8mb4", autocommit=True)
     admin.cursor().execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
 
     def connect():
-        return MySQLdb.connect(**mysql_params, db=name, charset="utf8mb4", autocommit=True)
+        return MySQLdb.connect(**mysql_admin_params, db=name, charset="utf8mb4", autocommit=True)
 
     yield name, connect
     admin.cursor().execute(f"DROP DATABASE IF EXISTS {name}")

@@ -348,3 +348,34 @@ def test_full_local_disk_while_fetching_into_the_cache_names_the_path(tmp_path, 
         client_for(registry, small_disk / "worker").pull("sales", "train.csv", "v1", tmp_path / "out" / "train.csv")
     assert "No space left" in str(err.value) and str(small_disk) in str(err.value)
     assert not (tmp_path / "out" / "train.csv").exists()
+
+
+def test_full_local_disk_while_exporting_names_the_path(mysql_params, mysql_db, small_disk):
+    from dataset_registry.mysql_export import ExportError, export_query
+
+    name, _ = mysql_db
+    dest = small_disk / "staging" / "big.csv"
+    dest.parent.mkdir()
+    with pytest.raises(ExportError) as err:
+        export_query({**mysql_params, "db": name},
+                     "SELECT seq, REPEAT('x', 100) AS pad FROM seq_1_to_100000 ORDER BY seq", dest, fetch_rows=1000)
+    assert "no space left on the device while writing the export" in str(err.value)
+    assert str(dest) in str(err.value) and "DATASET_WORK_DIR" in str(err.value)
+    assert list(dest.parent.iterdir()) == []  # no .partial left
+
+
+def test_data_file_of_a_killed_train_run_is_reaped_later(tmp_path, monkeypatch):
+    from dataset_registry.operators.train_model import reap_stale_run_data
+
+    root = tmp_path / "runs"
+    old_run = root / "train_shop" / "manual__old"
+    new_run = root / "train_shop" / "manual__new"
+    for run_dir in (old_run, new_run):
+        (run_dir / "artifacts").mkdir(parents=True)
+        (run_dir / "artifacts" / "model.json").write_text("{}")
+        (run_dir / "orders.csv").write_bytes(b"id\n1\n")
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old_run / "orders.csv", (two_days_ago, two_days_ago))
+    reap_stale_run_data(root)
+    assert not (old_run / "orders.csv").exists() and (old_run / "artifacts" / "model.json").exists()
+    assert (new_run / "orders.csv").exists()

@@ -65,11 +65,12 @@ def test_tricky_values_round_trip_exactly(tmp_path, mysql_params, tricky_table):
     assert "\r\n" in text and text.endswith("\n") and not text.endswith("\n\n")
 
 
-def test_same_rows_give_identical_bytes_whatever_the_session_time_zone(tmp_path, mysql_params, tricky_table):
+def test_same_rows_give_identical_bytes_whatever_the_session_time_zone(tmp_path, mysql_params, mysql_admin_params,
+                                                                      tricky_table):
     import MySQLdb
 
     a = export(mysql_params, tricky_table, "SELECT * FROM t ORDER BY id", tmp_path / "a.csv")
-    admin = MySQLdb.connect(**mysql_params, autocommit=True)
+    admin = MySQLdb.connect(**mysql_admin_params, autocommit=True)  # SET GLOBAL needs the admin account
     old = admin.cursor()
     old.execute("SELECT @@global.time_zone")
     previous = old.fetchone()[0]

@@ -32,3 +32,9 @@ def test_bad_output_names(bad):
 
 def test_tag_scheme():
     assert tag_name("demo", "v1") == "demo/v1"
+
+
+def test_none_is_a_reserved_version():
+    with pytest.raises(InvalidNameError, match="reserved"):
+        validate_version("None")
+    assert validate_version("None1") == "None1"

@@ -2,19 +2,24 @@
 
 Scheduled runs use CronDataIntervalTimetable, so each run covers ``[previous tick, this tick)``:
 consecutive, non-overlapping windows (Airflow 3's default cron timetable gives start == end).
-A YAML that fails validation still shows up, as a ``config_error_<name>`` DAG whose description
-and only task carry the error, so one bad file never hides the others or fails silently.
+A YAML that fails validation still shows up, as a ``config_error_<name>`` DAG: its description says
+how many problems, its docs and its only task's failure carry all of them, so one bad file never
+hides the others or fails silently. Building is guarded per project too: whatever one YAML does,
+these DAG files still import and every other project keeps its DAGs.
 """
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param
 
-from dataset_registry.names import VERSION_RULE
-from dataset_registry.project_config import ProjectConfig, ProjectConfigError, load_projects
+from dataset_registry.names import VERSION_PARAM_PATTERN
+from dataset_registry.project_config import ProjectConfig, ProjectConfigError, load_projects, parse_start_date
+
+log = logging.getLogger(__name__)
 
 _PRESET_CRON = {
     "@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@weekly": "0 0 * * 0",
@@ -32,15 +37,10 @@ def _timetable(schedule: str | None):
     return CronDataIntervalTimetable(_PRESET_CRON.get(schedule, schedule), timezone="UTC")
 
 
-def _start_date(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
 def _params() -> dict[str, Param]:
     return {
         "version": Param(
-            None, type=["null", "string"], pattern=VERSION_RULE, title="Version",
+            None, type=["null", "string"], pattern=VERSION_PARAM_PATTERN, title="Version",
             description="Version name for this publish (tag <project>/<version>). Empty: the project's "
                         "version template, by default v<window end as YYYYMMDDTHHMMSS>.",
         ),
@@ -75,11 +75,12 @@ def build_version_dag(cfg: ProjectConfig) -> DAG:
 
     with DAG(
         dag_id=f"version_{cfg.project}",
-        description=(cfg.description or f"Version the {cfg.project} dataset")[:200],
+        description=cfg.description or f"Version the {cfg.project} dataset",
         schedule=_timetable(cfg.schedule),
-        start_date=_start_date(cfg.start_date),
+        start_date=parse_start_date(cfg.start_date),
         catchup=cfg.catchup,
         max_active_runs=1,
+        auto_register=False,  # registered by name below, only once fully built and validated
         params=_params(),
         tags=["dataset-versioning", cfg.project, *cfg.tags],
         doc_md=_doc(cfg),
@@ -101,7 +102,7 @@ def build_version_dag(cfg: ProjectConfig) -> DAG:
             end="{{ params.end or '' }}",
             version_template=cfg.version_template,
             preprocess=cfg.preprocess,
-            preprocess_path=str(cfg.source_file.parent.parent),
+            preprocess_path=str(cfg.include_root),
             query_timeout=cfg.query_timeout,
             mysql_conn_id=cfg.mysql_conn_id,
             registry_conn_id=cfg.registry_conn_id,
@@ -120,13 +121,14 @@ def build_train_dag(cfg: ProjectConfig) -> DAG:
     asset = asset_for(cfg.project)
     with DAG(
         dag_id=f"train_{cfg.project}",
-        description=f"Train on a {cfg.project} dataset version and record the experiment"[:200],
+        description=f"Train on a {cfg.project} dataset version and record the experiment",
         schedule=[asset],
-        start_date=_start_date(cfg.start_date),
+        start_date=parse_start_date(cfg.start_date),
         catchup=False,
         max_active_runs=1,
+        auto_register=False,
         params={"version": Param(
-            None, type=["null", "string"], pattern=VERSION_RULE, title="Version",
+            None, type=["null", "string"], pattern=VERSION_PARAM_PATTERN, title="Version",
             description="Dataset version to train on. Empty: the version in the triggering asset event, "
                         "else the newest published version.",
         )},
@@ -147,7 +149,7 @@ def build_train_dag(cfg: ProjectConfig) -> DAG:
             asset_uri=asset.uri,
             version="{{ params.version or '' }}",
             train_callable=cfg.train,
-            include_path=str(cfg.source_file.parent.parent),
+            include_path=str(cfg.include_root),
             model_name=cfg.model_name,
             registry_conn_id=cfg.registry_conn_id,
             model_db_conn_id=cfg.model_db_conn_id,
@@ -161,30 +163,83 @@ def _raise_config_error(message: str) -> None:
     raise AirflowFailException(message)
 
 
-def build_error_dag(error: ProjectConfigError) -> DAG:
+def _error_dag(dag_id: str, error: ProjectConfigError, title: str) -> DAG:
     from airflow.providers.standard.operators.python import PythonOperator
 
-    stem = Path(str(error).split(":", 1)[0]).stem
-    dag_id = "config_error_" + (re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:60] or "unnamed")
-    with DAG(dag_id=dag_id, schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
-             tags=["dataset-versioning", "invalid-config"], description=str(error)[:200],
-             doc_md=f"### Invalid project config\n\n```\n{error}\n```\n\nFix the YAML; this DAG then disappears.") as dag:
-        PythonOperator(task_id="config_error", python_callable=_raise_config_error, op_args=[str(error)])
+    text = str(error)
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    with DAG(dag_id=dag_id, schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc), auto_register=False,
+             tags=["dataset-versioning", "invalid-config"], description=error.summary(),
+             doc_md=f"### {title}\n\n{fence}\n{text}\n{fence}\n\nFix the YAML; this DAG then disappears.") as dag:
+        PythonOperator(task_id="config_error", python_callable=_raise_config_error, op_args=[text])
     return dag
 
 
+def _error_dag_ids(errors: list[ProjectConfigError]) -> list[str]:
+    """``config_error_<file stem>``; where stems collide (a.yaml + a.yml) the suffix is added too."""
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:60] or "unnamed"
+
+    paths = [e.source_file or Path("projects") for e in errors]
+    ids = [f"config_error_{clean(p.stem)}" for p in paths]
+    ids = [f"{i}_{clean(p.suffix.lstrip('.'))}" if ids.count(i) > 1 else i for i, p in zip(ids, paths)]
+    seen: dict[str, int] = {}
+    unique = []
+    for dag_id in ids:  # still equal after truncation: number them
+        seen[dag_id] = seen.get(dag_id, 0) + 1
+        unique.append(dag_id if seen[dag_id] == 1 else f"{dag_id}_{seen[dag_id]}")
+    return unique
+
+
+def build_error_dag(error: ProjectConfigError, dag_id: str | None = None) -> DAG:
+    return _error_dag(dag_id or _error_dag_ids([error])[0], error, "Invalid project config")
+
+
+def _build_failed(cfg: ProjectConfig, dag_id: str, exc: Exception) -> ProjectConfigError:
+    log.exception("cannot build DAG %s from %s", dag_id, cfg.source_file)
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
+    return ProjectConfigError(f"cannot build DAG {dag_id} from this file: {text}", cfg.source_file)
+
+
 def register_version_dags(namespace: dict, directory: Path | None = None) -> None:
-    configs, errors = load_projects(directory)
+    """``version_<project>`` per valid YAML, ``config_error_<name>`` per invalid one. Never raises."""
+    try:
+        configs, errors = load_projects(directory)
+    except Exception as exc:  # noqa: BLE001 - load_projects guards each file; this is the last line
+        log.exception("cannot load the projects")
+        configs, errors = [], [ProjectConfigError(f"cannot load the projects: {type(exc).__name__}: {exc}")]
     for cfg in configs:
-        dag = build_version_dag(cfg)
+        try:
+            dag = build_version_dag(cfg)
+            dag.validate()  # what the DagBag checks next; a failure there would break the whole file
+        except Exception as exc:  # noqa: BLE001 - one project's DAG must not break the file
+            errors.append(_build_failed(cfg, f"version_{cfg.project}", exc))
+            continue
         namespace[dag.dag_id] = dag
-    for error in errors:
-        dag = build_error_dag(error)
-        namespace[dag.dag_id] = dag
+    for error, dag_id in zip(errors, _error_dag_ids(errors)):
+        try:
+            namespace[dag_id] = build_error_dag(error, dag_id)
+        except Exception:  # noqa: BLE001
+            log.exception("cannot build the config error DAG %s: %s", dag_id, error)
 
 
 def register_train_dags(namespace: dict, directory: Path | None = None) -> None:
-    configs, _ = load_projects(directory)  # errors are reported once, by version_dags.py
+    """``train_<project>`` per valid YAML (config errors are reported once, by version_dags.py). A
+    project whose train DAG cannot be built gets a ``train_<project>`` DAG that fails with the reason.
+    Never raises."""
+    try:
+        configs, _ = load_projects(directory)
+    except Exception:  # noqa: BLE001
+        log.exception("cannot load the projects")
+        return
     for cfg in configs:
-        dag = build_train_dag(cfg)
-        namespace[dag.dag_id] = dag
+        dag_id = f"train_{cfg.project}"
+        try:
+            dag = build_train_dag(cfg)
+            dag.validate()
+            namespace[dag_id] = dag
+        except Exception as exc:  # noqa: BLE001 - one project's DAG must not break the file
+            try:
+                namespace[dag_id] = _error_dag(dag_id, _build_failed(cfg, dag_id, exc), f"Cannot build {dag_id}")
+            except Exception:  # noqa: BLE001
+                log.exception("cannot build the error DAG %s", dag_id)

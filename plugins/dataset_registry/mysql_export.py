@@ -7,20 +7,33 @@ Why this shape:
 - Session ``time_zone='+00:00'`` prints TIMESTAMP in UTC whatever the server default.
 - ``START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`` gives one snapshot for the whole read.
 - The MD5 of the bytes is computed while writing, so nothing re-reads the file to hash it.
+- Completeness comes from the protocol: an unbuffered result ends with an EOF packet, and a stream
+  that is cut (KILL, network loss, server restart) raises an error from ``fetchmany``, never a short
+  clean end. No separate row count is compared (the client's count would only be compared with itself).
+
+Read-only, in three independent layers (any one of them stops a write):
+1. ``sql_guard.check_query`` refuses, before the query runs, anything but one SELECT-like statement
+   (no second statement, no INTO OUTFILE/DUMPFILE/@var, no locking read, no /*! */ comment), using
+   the session's own sql_mode to read quotes and backslashes as the server will.
+2. Multi-statements are switched off on the connection (mysqlclient turns them on by default), so
+   the server itself refuses ``SELECT ...; DROP ...`` with a syntax error; and a second result set
+   (e.g. from a procedure) fails the export.
+3. The whole session is READ ONLY (``SET SESSION TRANSACTION READ ONLY``) before the read-only
+   snapshot starts, so even after a COMMIT no statement can open a writable transaction.
+Use a SELECT-only account as well: that is the layer that also covers functions and the FILE privilege.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from dataset_registry import csv_format
+from dataset_registry import csv_format, sql_guard
+from dataset_registry.disk import disk_problem
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +44,17 @@ PROGRESS_SECONDS = 10.0
 _PLAIN_TYPES = {0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 246}  # numbers, dates, times, years
 
 
-# Server errors that a retry cannot fix (syntax, unknown table/column/database, access denied).
-PERMANENT_ERRORS = {1044, 1045, 1049, 1054, 1064, 1142, 1146, 1149, 1242, 1267, 1305}
+# mysql_set_server_option() value from enum_mysql_set_option (mysql.h / mariadb_com.h):
+# MYSQL_OPTION_MULTI_STATEMENTS_ON = 0, MYSQL_OPTION_MULTI_STATEMENTS_OFF = 1. MySQLdb exports no name.
+MYSQL_OPTION_MULTI_STATEMENTS_OFF = 1
+
+# Server errors that a retry cannot fix: syntax, unknown table/column/database, access denied
+# (1044 1045 1142 1143 1227), a write refused by the read-only session or server (1792 read-only
+# transaction, 1290 --read-only/--secure-file-priv, 1836 read-only mode), TLS required but impossible
+# or certificate refused (2026), insecure transport refused by require_secure_transport (MySQL 3159;
+# MariaDB answers 1045).
+PERMANENT_ERRORS = {1044, 1045, 1049, 1054, 1064, 1142, 1143, 1146, 1149, 1227, 1242, 1267, 1290, 1305,
+                    1792, 1836, 2026, 3159}
 
 
 class ExportError(RuntimeError):
@@ -58,18 +80,6 @@ class ExportResult:
     seconds: float
 
 
-def load_callable(spec: str, search_path: Path | None = None) -> Callable:
-    """Import ``module:function``; ``search_path`` (the include/ folder) is tried first."""
-    module_name, _, func_name = spec.partition(":")
-    if search_path is not None and str(search_path) not in sys.path:
-        sys.path.insert(0, str(search_path))
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, func_name)
-    except (ImportError, AttributeError) as exc:
-        raise ExportError(f"cannot load callable {spec!r}: {exc}", retryable=False) from exc
-
-
 def _text_converters() -> dict:
     """Every non-binary type decoded to str in C; strings are decoded by use_unicode."""
     from MySQLdb.constants import FIELD_TYPE
@@ -79,19 +89,69 @@ def _text_converters() -> dict:
 
 
 def connect(params: dict[str, Any]):
-    """A MySQLdb connection for exporting: utf8mb4, raw text values, unbuffered cursor."""
+    """A MySQLdb connection for exporting: utf8mb4, raw text values, unbuffered cursor, one statement per call.
+
+    mysqlclient negotiates CLIENT_MULTI_STATEMENTS by default; it is switched off on the server for
+    this session, so ``SELECT 1; DROP TABLE t`` is a syntax error (1064) there, whatever the guard saw.
+    """
     import MySQLdb
     import MySQLdb.cursors
 
     args = dict(params)
     args.update(charset="utf8mb4", use_unicode=True, conv=_text_converters(),
                 cursorclass=MySQLdb.cursors.SSCursor)
+    args.pop("local_infile", None)  # never let the server read client files
     args.setdefault("connect_timeout", 20)
+    where = params.get("unix_socket") or f"{params.get('host')}:{params.get('port', 3306)}"
     try:
-        return MySQLdb.connect(**args)
+        conn = MySQLdb.connect(**args)
     except MySQLdb.Error as exc:
-        where = params.get("unix_socket") or f"{params.get('host')}:{params.get('port', 3306)}"
-        raise ExportError(f"cannot connect to MySQL at {where}: {_server_message(exc)}", _retryable(exc)) from None
+        hint = ""
+        if _error_code(exc) in (2026, 3159):
+            hint = (" (TLS: the connection's extra sets ssl/ssl_mode, or the server requires secure transport; "
+                    "check both sides agree)")
+        elif _error_code(exc) == 1045 and not _tls_requested(params):
+            hint = (" (wrong login/password, or the server requires TLS (require_secure_transport): then set "
+                    "ssl or ssl_mode in the connection's extra)")
+        raise ExportError(f"cannot connect to MySQL at {where}: {_server_message(exc)}{hint}", _retryable(exc)) from None
+    try:
+        conn.set_server_option(MYSQL_OPTION_MULTI_STATEMENTS_OFF)
+        if _tls_requested(params):
+            _require_tls(conn, params, where)
+    except MySQLdb.Error as exc:
+        conn.close()
+        raise ExportError(f"cannot prepare the connection to {where}: {_server_message(exc)}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+_TLS_MODES = {"REQUIRED", "VERIFY_CA", "VERIFY_IDENTITY"}
+
+
+def _tls_requested(params: dict[str, Any]) -> bool:
+    return bool(params.get("ssl")) or str(params.get("ssl_mode") or "").upper() in _TLS_MODES
+
+
+def _require_tls(conn, params: dict[str, Any], where: str) -> None:
+    """MariaDB Connector/C silently falls back to plain text for ``ssl`` or ``ssl_mode=REQUIRED`` when
+    the server offers no TLS (only VERIFY_* fail): check the session really is encrypted."""
+    cursor = conn.cursor()
+    cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+    rows = cursor.fetchall()
+    cursor.close()
+    if not rows or not rows[0][1]:
+        asked = f"ssl_mode={params['ssl_mode']}" if params.get("ssl_mode") else "ssl settings"
+        raise ExportError(
+            f"the connection asks for TLS ({asked}) but the session with {where} is not encrypted "
+            "(the server offers no TLS): nothing was sent. Enable TLS on the server, or remove ssl/ssl_mode "
+            "from the connection's extra.", retryable=False)
+
+
+def _error_code(exc: BaseException) -> int | None:
+    args = getattr(exc, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
 
 
 def _server_message(exc: BaseException) -> str:
@@ -101,15 +161,28 @@ def _server_message(exc: BaseException) -> str:
     return str(exc)
 
 
-def _set_statement_timeout(cursor, seconds: int | None) -> None:
-    if not seconds:
-        return
-    cursor.execute("SELECT VERSION()")
-    version = cursor.fetchall()[0][0]
-    if "MariaDB" in version:
-        cursor.execute(f"SET SESSION max_statement_time = {int(seconds)}")
-    else:
-        cursor.execute(f"SET SESSION max_execution_time = {int(seconds) * 1000}")
+def session_info(cursor) -> tuple[str, str]:
+    """(server version, session sql_mode): the guard reads quotes the way this session will."""
+    cursor.execute("SELECT VERSION(), @@SESSION.sql_mode")
+    version, sql_mode = cursor.fetchall()[0]
+    return str(version), str(sql_mode or "")
+
+
+def begin_read_only_snapshot(cursor, *, version: str, query_timeout: int | None = None) -> None:
+    """UTC, REPEATABLE READ, a READ ONLY session, the statement timeout, then the consistent snapshot.
+
+    The session (not only the transaction) is read-only, so a COMMIT inside the query cannot open a
+    writable transaction: every later write fails with error 1792.
+    """
+    cursor.execute("SET SESSION time_zone = '+00:00'")
+    cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    cursor.execute("SET SESSION TRANSACTION READ ONLY")
+    if query_timeout:
+        if "MariaDB" in version:
+            cursor.execute(f"SET SESSION max_statement_time = {int(query_timeout)}")
+        else:
+            cursor.execute(f"SET SESSION max_execution_time = {int(query_timeout) * 1000}")
+    cursor.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
 
 
 def export_query(
@@ -124,7 +197,10 @@ def export_query(
 ) -> ExportResult:
     """Run ``sql`` and write the CSV to ``dest`` (written to ``dest.partial``, renamed when complete).
 
-    On any failure the partial file is removed and ExportError carries the server's message.
+    ``sql`` must be one read-only query (see ``sql_guard``); anything else is refused before it runs.
+    On any failure the partial file is removed and ExportError carries the server's message;
+    ``retryable=False`` when a retry cannot help (refused query, SQL error, read-only violation,
+    preprocess error).
     """
     import MySQLdb
 
@@ -137,10 +213,15 @@ def export_query(
     try:
         cursor = conn.cursor()
         try:
-            cursor.execute("SET SESSION time_zone = '+00:00'")
-            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            _set_statement_timeout(cursor, query_timeout)
-            cursor.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            version, sql_mode = session_info(cursor)
+        except MySQLdb.Error as exc:
+            raise ExportError(f"cannot prepare the export session: {_server_message(exc)}", _retryable(exc)) from None
+        try:
+            sql_guard.check_query(sql, **sql_guard.modes_from_sql_mode(sql_mode))
+        except sql_guard.QueryRefused as exc:
+            raise ExportError(str(exc), retryable=False) from None
+        try:
+            begin_read_only_snapshot(cursor, version=version, query_timeout=query_timeout)
             cursor.execute(sql)
         except MySQLdb.Error as exc:
             raise ExportError(f"query failed: {_server_message(exc)}", _retryable(exc)) from None
@@ -188,14 +269,26 @@ def export_query(
                 size += len(data)
             out.flush()
             os.fsync(out.fileno())
-        server_rows = _server_row_count(cursor)
-        if server_rows is not None and server_rows != rows:
-            raise ExportError(f"row count mismatch: the server returned {server_rows} rows, {rows} were written")
+        try:
+            more = cursor.nextset()
+        except MySQLdb.Error as exc:
+            raise ExportError(f"query refused (one statement): a second result failed: {_server_message(exc)}",
+                              retryable=False) from None
+        if more:
+            raise ExportError(
+                "query refused (one statement): the query returned more than one result set (a CALL or "
+                "several statements?); only one SELECT may run. Nothing was published.", retryable=False)
         try:
             conn.rollback()  # read-only snapshot: nothing to commit
         except MySQLdb.Error:
             pass
         os.replace(partial, dest)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        message = disk_problem(exc, partial, "writing the export")
+        if message is None:
+            raise
+        raise ExportError(message) from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -209,33 +302,47 @@ def export_query(
     return ExportResult(path=dest, rows=rows, bytes=size, md5=md5.hexdigest(), columns=columns, seconds=elapsed)
 
 
-def _server_row_count(cursor) -> int | None:
-    """Rows the server sent for an unbuffered result (known once the result is exhausted)."""
-    result = getattr(cursor, "_result", None)
-    if result is None:
-        return None
-    try:
-        return int(result.num_rows())
-    except Exception:  # noqa: BLE001 - not all client versions expose it
-        return None
+def callable_name(fn: Callable) -> str:
+    """``module:qualname`` of a callable, for messages."""
+    return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def _preprocessing_writer(preprocess: Callable, columns: list[str]):
-    """Wrap a DataFrame -> DataFrame callable; its output columns become the CSV header."""
+    """Wrap a DataFrame -> DataFrame callable; the first chunk's output columns become the CSV header.
+
+    Every later chunk must return exactly those columns in that order (else the CSV would be ragged).
+    Anything the callable raises is the user's code failing on this data: deterministic, not retried.
+    """
     import pandas as pd
 
-    formatters: dict[tuple, Callable] = {}
+    name = callable_name(preprocess)
+    state: dict[str, Any] = {"header": None, "formatter": None, "chunk": 0, "rows": 0}
 
     def chunk_to_text(batch, with_header: bool) -> str:
+        state["chunk"] += 1
+        chunk, first_row = state["chunk"], state["rows"] + 1
+        state["rows"] += len(batch)
+        where = f"chunk {chunk} (rows {first_row}-{state['rows']})"
         frame = pd.DataFrame.from_records(batch, columns=columns)
-        result = preprocess(frame)
+        try:
+            result = preprocess(frame)
+        except Exception as exc:  # noqa: BLE001 - user code: report it, never retry it
+            raise ExportError(f"preprocess {name} raised {type(exc).__name__} on {where}: {exc}",
+                              retryable=False) from exc
         if not isinstance(result, pd.DataFrame):
-            raise ExportError(f"preprocess returned {type(result).__name__}, expected a pandas DataFrame", retryable=False)
-        names = tuple(str(c) for c in result.columns)
-        formatter = formatters.get(names)
-        if formatter is None:  # compiled once per output shape; every column checked for quoting
-            formatter = formatters[names] = csv_format.compile_row_formatter([False] * len(names))
-        body = "".join(map(formatter, result.itertuples(index=False, name=None)))
-        return (csv_format.header_line(list(names)) + body) if with_header else body
+            raise ExportError(f"preprocess {name} returned {type(result).__name__} on {where}, "
+                              "expected a pandas DataFrame", retryable=False)
+        names = [str(c) for c in result.columns]
+        if state["header"] is None:
+            state["header"] = names
+            # compiled once; every column checked for quoting
+            state["formatter"] = csv_format.compile_row_formatter([False] * len(names))
+        elif names != state["header"]:
+            raise ExportError(
+                f"preprocess {name} returned different columns on {where}: expected {state['header']} "
+                f"(the header, from chunk 1), got {names}. A preprocess must return the same columns in "
+                "the same order for every chunk.", retryable=False)
+        body = "".join(map(state["formatter"], result.itertuples(index=False, name=None)))
+        return (csv_format.header_line(names) + body) if with_header else body
 
     return chunk_to_text

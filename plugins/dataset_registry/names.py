@@ -8,6 +8,12 @@ import re
 
 PROJECT_RULE = r"^[a-z][a-z0-9_-]{0,39}$"
 VERSION_RULE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# VERSION_RULE for trigger-form Params: jsonschema checks patterns with Python's re.search, where "$"
+# also matches before a trailing "\n" ("v1\n" would pass); "(?![\s\S])" means end of text in both
+# Python and JavaScript (the UI) regexes.
+VERSION_PARAM_PATTERN = VERSION_RULE[:-1] + r"(?![\s\S])"
+# What an unset value renders as in a template ("{{ params.version }}"): never a real version.
+RESERVED_VERSIONS = frozenset({"None"})
 # An output file name: one path component, no leading dot or dash, ends in a letter/digit.
 OUTPUT_RULE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
@@ -40,6 +46,10 @@ def validate_project(name: object) -> str:
 def validate_version(name: object) -> str:
     value = _check("version", name, _VERSION, VERSION_RULE,
                    "ASCII letter or digit first, then up to 63 of A-Z a-z 0-9 . _ -")
+    if value in RESERVED_VERSIONS:
+        raise InvalidNameError(
+            f"invalid version {_describe(value)}: reserved (it is what an unset value renders as); choose another name"
+        )
     if ".." in value or value.endswith((".", ".lock")):
         # git refuses these in ref names; say so before git does.
         raise InvalidNameError(

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dataset_registry import dvc_cli
+from dataset_registry.disk import disk_problem
 from dataset_registry.gitcmd import CommandError, Runner, base_env, redact
 from dataset_registry.names import tag_name, validate_output, validate_project, validate_version
 
@@ -159,14 +160,8 @@ def gitignore_with(path: Path, output: str) -> str:
 
 
 def local_disk_error(exc: OSError, path: Path, doing: str) -> RegistryError | OSError:
-    """A full or read-only local disk, named: which path, and what to do (a bare Errno 28 says neither)."""
-    if exc.errno == errno.ENOSPC:
-        return RegistryError(f"no space left on the device while {doing} {path}: free space on that filesystem "
-                             "or point the worker's work dir (DATASET_WORK_DIR / extra.work_dir, "
-                             "DATASET_DATA_DIR) at a larger one, then rerun")
-    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return RegistryError(f"cannot write {path} while {doing} it: {exc.strerror}; check the folder's permissions")
-    return exc
+    message = disk_problem(exc, path, doing)
+    return RegistryError(message) if message else exc
 
 
 def _last_line(proc) -> str:

@@ -24,12 +24,14 @@ sys.path.insert(0, str(REPO / "tests"))
 PY = sys.executable
 USER = os.environ.get("DEMO_MYSQL_USER", "dataset_demo")
 PASSWORD = os.environ.get("DEMO_MYSQL_PASSWORD", "dataset_demo")
+ADMIN_USER = os.environ.get("DEMO_MYSQL_ADMIN_USER", "dataset_admin")  # seeds dsv_bench; exports read as USER
+ADMIN_PASSWORD = os.environ.get("DEMO_MYSQL_ADMIN_PASSWORD", "dataset_admin")
 DVC = str(Path(PY).parent / "dvc")
 
 
 def mysql_cli(args, stdin=None, stdout=None):
-    return subprocess.run(["mariadb", "-h127.0.0.1", f"-u{USER}", "--default-character-set=utf8mb4", *args],
-                          env={**os.environ, "MYSQL_PWD": PASSWORD}, stdin=stdin, stdout=stdout, check=True)
+    return subprocess.run(["mariadb", "-h127.0.0.1", f"-u{ADMIN_USER}", "--default-character-set=utf8mb4", *args],
+                          env={**os.environ, "MYSQL_PWD": ADMIN_PASSWORD}, stdin=stdin, stdout=stdout, check=True)
 
 
 def seed(rows: int) -> str:

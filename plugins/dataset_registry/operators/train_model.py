@@ -1,23 +1,50 @@
 """TrainModelOperator: resolve a version, pull it, train, and write one experiment row.
 
-Version: the ``version`` param, else the triggering Asset event's version, else the newest tag.
-Pull and training share the task so the data never crosses workers. The experiment row is keyed on
-(dag_id, run_id): a rerun of the same Airflow run updates it. A training callable that raises leaves
-the row with ``status='failed'`` and the error in ``evaluations.error`` (never half-written as
-succeeded); the task then fails.
+Version: the ``version`` param (used exactly as given: "v1\n" and "None" are refused), else the
+triggering Asset event's version, else the newest tag. Pull and training share the task so the data
+never crosses workers. The experiment row is keyed on (dag_id, run_id): a rerun of the same Airflow
+run updates it.
+
+Failure model: the training callable is loaded first, before any data is pulled or any row is
+written, so a callable that cannot be loaded fails the task at once and leaves no ``running`` row.
+A training callable that raises (or returns something other than a dict) is the user's code failing
+deterministically: the row becomes ``status='failed'`` with the error in ``evaluations.error`` and
+the task fails without retry. Model DB and registry outages raise normally and are retried.
+
+Disk: the pulled data file lives in ``$DATASET_DATA_DIR/<dag>/<run>/<output>`` only while the task
+runs; it is deleted when the task ends (success or failure). ``artifacts/`` next to it is kept.
+Data files of runs that were killed (no ``finally`` ran) are reaped after a day by later runs.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from dataset_registry.names import VERSION_RULE, InvalidNameError, validate_output
 from dataset_registry.operators.pull_dataset import pull_version, run_scoped_dir
 from dataset_registry.paths import worker_path
 
 DEFAULT_TRAIN = "dataset_registry.profile:profile"
+STALE_RUN_DATA_SECONDS = 86400
+
+
+def reap_stale_run_data(root: Path) -> int:
+    """Delete data files (``<root>/<dag>/<run>/<file>``, not ``artifacts/``) older than a day: a
+    killed task never reached its clean-up. Returns how many were removed."""
+    cutoff = time.time() - STALE_RUN_DATA_SECONDS
+    removed = 0
+    for path in Path(root).glob("*/*/*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass  # another task reaped it first
+    return removed
 
 
 def data_root() -> Path:
@@ -36,6 +63,7 @@ class TrainModelOperator(BaseOperator):
         self.output_file = output_file
         self.asset_uri = asset_uri
         self.version = version
+        self.user_train_callable = train_callable
         self.train_callable = train_callable or DEFAULT_TRAIN
         self.include_path = include_path
         self.model_name = model_name
@@ -59,17 +87,56 @@ class TrainModelOperator(BaseOperator):
             raise AirflowFailException(f"the triggering asset event carries no version: {extra}")
         return str(extra["version"])
 
-    def execute(self, context) -> dict:
-        from dataset_registry.hooks.model_db_hook import ModelDbHook
-        from dataset_registry.mysql_export import load_callable
+    def _load_train(self):
+        """The training callable; any problem fails the task now (no retry, nothing written yet)."""
+        if not self.user_train_callable:  # the built-in default: package code, not project code
+            from dataset_registry.profile import profile
 
-        version = (self.version or "").strip() or None
+            return profile
+        from dataset_registry.user_code import UserCodeError, load_user_callable
+
+        if not self.include_path:
+            raise AirflowFailException(
+                f"train callable {self.user_train_callable!r}: no include folder (include_path) to load it from")
+        try:
+            return load_user_callable(self.user_train_callable, self.include_path)
+        except UserCodeError as exc:
+            raise AirflowFailException(f"cannot load the train callable: {exc}") from None
+
+    def _requested_version(self) -> str | None:
+        version = "" if self.version is None else self.version  # never stripped: "v1\n" is not "v1"
+        if version == "None":
+            raise AirflowFailException(
+                f"invalid version 'None': it must match {VERSION_RULE}, and 'None' is what an unset value "
+                "prints as; leave the version empty to train on the event's or the newest version"
+            )
+        return version or None
+
+    def execute(self, context) -> dict:
+        try:
+            output = validate_output(self.output_file)
+        except InvalidNameError as exc:
+            raise AirflowFailException(str(exc)) from None
+        version = self._requested_version()
+        train = self._load_train()
         source = "param"
         if version is None:
             version = self._version_from_events(context)
             source = "asset event" if version else "newest tag"
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
+        if reaped := reap_stale_run_data(data_root()):
+            self.log.info("removed %d data file(s) left by killed train runs older than a day", reaped)
         work = run_scoped_dir(data_root(), dag_id, run_id)
+        data_file = work / output
+        try:
+            return self._pull_and_train(context, train, version, source, work, dag_id, run_id)
+        finally:
+            data_file.unlink(missing_ok=True)  # a full copy per run would pile up; artifacts/ stays
+            data_file.with_name(data_file.name + ".partial").unlink(missing_ok=True)
+
+    def _pull_and_train(self, context, train, version, source, work: Path, dag_id: str, run_id: str) -> dict:
+        from dataset_registry.hooks.model_db_hook import ModelDbHook
+
         pulled = pull_version(self.registry_conn_id, self.project, self.output_file, version, work)
         self.log.info("training on %s (from %s), md5 %s, %s", pulled["tag"], source, pulled["md5"],
                       "downloaded" if pulled["downloaded"] else "from the local DVC cache")
@@ -84,7 +151,6 @@ class TrainModelOperator(BaseOperator):
             parameters={"train_callable": self.train_callable}, airflow_dag_id=dag_id, airflow_run_id=run_id,
             status="running",
         )
-        train = load_callable(self.train_callable, Path(self.include_path) if self.include_path else None)
         artifacts = work / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
         try:
@@ -92,9 +158,14 @@ class TrainModelOperator(BaseOperator):
                            md5=pulled["md5"], artifacts_dir=str(artifacts)) or {}
             if not isinstance(result, dict):
                 raise TypeError(f"{self.train_callable} returned {type(result).__name__}, expected a dict")
-        except Exception as exc:
-            db.update_experiment(experiment_id, status="failed", evaluations={"error": f"{type(exc).__name__}: {exc}"})
-            raise
+        except Exception as exc:  # noqa: BLE001 - user code: record it, then fail without retry
+            error = f"{type(exc).__name__}: {exc}"
+            db.update_experiment(experiment_id, status="failed", evaluations={"error": error})
+            self.log.exception("train callable %s failed on %s", self.train_callable, pulled["tag"])
+            raise AirflowFailException(
+                f"train callable {self.train_callable} failed on {pulled['tag']}: {error} "
+                f"(experiment {experiment_id} marked failed)"
+            ) from None
         row = db.update_experiment(
             experiment_id, status="succeeded",
             parameters=result.get("parameters") or {}, evaluations=result.get("evaluations") or {},

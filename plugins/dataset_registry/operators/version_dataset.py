@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from dataset_registry.names import InvalidNameError, validate_output, validate_project, validate_version
+from dataset_registry.names import VERSION_RULE, InvalidNameError, validate_output, validate_project, validate_version
 from dataset_registry.project_config import DEFAULT_VERSION_TEMPLATE
 from dataset_registry.window import WindowError, effective_window
 
@@ -19,8 +19,15 @@ from dataset_registry.window import WindowError, effective_window
 class VersionDatasetOperator(BaseOperator):
     """Export the project's query for the effective window and publish it as ``<project>/<version>``.
 
-    :param version: explicit version (trigger param); empty -> ``version_template`` rendered with the
+    :param version: explicit version (trigger param), used exactly as given (never stripped: "v1\n"
+        and "None" are refused with the version rule); empty -> ``version_template`` rendered with the
         effective window as ``data_interval_start``/``data_interval_end``.
+    :param preprocess: ``module:function`` under the include folder (``preprocess_path``), loaded
+        before anything runs: a load error, or an exception raised inside it, fails the task at once.
+
+    Failure model: a refused query, a SQL error, a read-only violation, a broken preprocess or a
+    version conflict fail without retry (AirflowFailException); connection loss and other transient
+    server errors raise and are retried by Airflow.
     :param start, end: ISO datetimes overriding the data interval (trigger params).
     :param query: SQL template (Jinja, rendered with the effective window); or ``query_file``.
     """
@@ -66,10 +73,23 @@ class VersionDatasetOperator(BaseOperator):
         ctx.update(data_interval_start=start, data_interval_end=end, window_start=start, window_end=end)
         return str(self.render_template(text, ctx)).strip()
 
+    def _load_preprocess(self):
+        """The preprocess callable, or None; any load problem fails the task now (no retry)."""
+        from dataset_registry.user_code import UserCodeError, load_user_callable
+
+        if not self.preprocess:
+            return None
+        if not self.preprocess_path:
+            raise AirflowFailException(f"preprocess {self.preprocess!r}: no include folder (preprocess_path) to load it from")
+        try:
+            return load_user_callable(self.preprocess, self.preprocess_path)
+        except UserCodeError as exc:
+            raise AirflowFailException(f"cannot load preprocess: {exc}") from None
+
     def execute(self, context) -> dict[str, Any]:
         from dataset_registry.hooks.mysql_source_hook import MySqlSourceHook
         from dataset_registry.hooks.registry_hook import RegistryHook
-        from dataset_registry.mysql_export import ExportError, export_query, load_callable
+        from dataset_registry.mysql_export import ExportError, export_query
         from dataset_registry.registry import VersionConflictError
 
         try:
@@ -78,12 +98,18 @@ class VersionDatasetOperator(BaseOperator):
             start, end = effective_window(
                 self.start, self.end, context.get("data_interval_start"), context.get("data_interval_end")
             )
-            version = (self.version or "").strip()
-            if version in ("", "None"):
+            version = "" if self.version is None else self.version  # never stripped: "v1\n" is not "v1"
+            if version == "":
                 version = self._render_with_window(self.version_template, context, start, end)
+            elif version == "None":
+                raise InvalidNameError(
+                    f"invalid version 'None': it must match {VERSION_RULE}, and 'None' is what an unset value "
+                    "prints as; leave the version empty to use the project's version template"
+                )
             validate_version(version)
         except (InvalidNameError, WindowError) as exc:
             raise AirflowFailException(str(exc)) from None
+        preprocess = self._load_preprocess()
 
         if self.query_file:
             sql_template = Path(self.query_file).read_text(encoding="utf-8")
@@ -92,17 +118,15 @@ class VersionDatasetOperator(BaseOperator):
         sql = self._render_with_window(sql_template, context, start, end)
         self.log.info("project %s, version %s, window [%s, %s)", project, version, start, end)
 
+        try:
+            conn_params = MySqlSourceHook(self.mysql_conn_id).connect_params()
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from None
         client = RegistryHook(self.registry_conn_id).get_conn()
         staging = client.staging_file(project, output)
         try:
-            preprocess = None
-            if self.preprocess:
-                preprocess = load_callable(self.preprocess, Path(self.preprocess_path) if self.preprocess_path else None)
             try:
-                result = export_query(
-                    MySqlSourceHook(self.mysql_conn_id).connect_params(), sql, staging,
-                    preprocess=preprocess, query_timeout=self.query_timeout,
-                )
+                result = export_query(conn_params, sql, staging, preprocess=preprocess, query_timeout=self.query_timeout)
             except ExportError as exc:
                 if exc.retryable:
                     raise
