@@ -13,15 +13,15 @@ settings = json.loads(sys.argv[1])
 data = Path(sys.argv[2]).read_bytes()
 client = RegistryClient(RegistrySettings(**{**settings, "work_dir": Path(settings["work_dir"])}))
 if sys.argv[3:] == ["kill-before-push"]:
-    original = client._git
+    original = client.runner.run
 
-    def git(*args, **kwargs):
+    def run(args, **kwargs):
         if "push" in args:
             print("committed and tagged locally; dying before git push", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
-        return original(*args, **kwargs)
+        return original(args, **kwargs)
 
-    client._git = git
+    client.runner.run = run
 staged = client.staging_file("sales", "train.csv")
 staged.write_bytes(data)
 print("publishing", flush=True)

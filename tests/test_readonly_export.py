@@ -110,6 +110,18 @@ def test_into_outfile_is_refused_and_no_file_is_written_on_the_db_host(tmp_path,
         target.unlink(missing_ok=True)
 
 
+def test_a_dash_dash_del_comment_cannot_hide_into_outfile(tmp_path, mysql_admin_params, victim):
+    db, connect = victim
+    target = Path(f"/tmp/dsv-del-{uuid.uuid4().hex}")
+    try:  # the server reads "--\x7f" as a comment start, so the quote after it would hide the next line
+        err = refused(mysql_admin_params, db, f"SELECT id FROM t --\x7f '\nINTO OUTFILE '{target}' # '\n", tmp_path)
+        assert str(err).startswith("query refused (no control characters): control character '\\x7f' at line 1")
+        assert not target.exists() and err.retryable is False
+    finally:
+        target.unlink(missing_ok=True)
+    assert table_rows(connect) == ROWS
+
+
 def test_executable_comment_is_refused_and_writes_no_file(tmp_path, mysql_admin_params, victim):
     db, connect = victim
     target = Path(f"/tmp/dsv-comment-{uuid.uuid4().hex}")
@@ -228,6 +240,18 @@ def test_read_only_and_privilege_errors_are_permanent(code):
     assert mysql_export._retryable(MySQLdb.OperationalError(2013, "Lost connection")) is True
 
 
+@pytest.mark.parametrize("sql,code", [
+    ("SELECT id FROM t UNION SELECT 1, 2", 1222),  # different number of columns
+    ("SELECT id FROM t JOIN t AS u ON 1 = 1", 1052),  # ambiguous column
+    ("SELECT ABS(1, 2)", 1582),  # wrong argument count
+    ("SELECT nosuch FROM t", 1054),
+])
+def test_deterministic_sql_errors_fail_without_retry(tmp_path, mysql_params, victim, sql, code):
+    db, _ = victim
+    err = refused(mysql_params, db, sql, tmp_path)
+    assert f"MySQL error {code}" in str(err) and err.retryable is False
+
+
 def test_operator_fails_a_read_only_violation_without_retry(tmp_path, mysql_admin_params, victim, registry, monkeypatch):
     import json
     import time
@@ -331,6 +355,9 @@ GUARD_REFUSES = [
     ("SELECT id FROM t FOR UPDATE SKIP LOCKED", "no locking read"), ("SELECT 1 FOR SHARE NOWAIT", "no locking read"),
     ("SELECT 1 lock  in share mode", "no locking read"),
     ("SELECT 1 /*!50000 , 2 */", "no executable comment"), ("SELECT 1 /*M!100000 , 2 */", "no executable comment"),
+    ("SELECT 1 AS a --\x7f '\nINTO OUTFILE '/tmp/x' # '\n", "no control characters"),
+    ("SELECT id FROM t --\x7f '\nLOCK IN SHARE MODE # '\n", "no control characters"),
+    ("SELECT 1 --\x01 x", "no control characters"), ("SELECT '\x00'", "no control characters"),
     ("SELECT 'unterminated", "complete query"), ("SELECT `x", "complete query"), ("SELECT 1 /* open", "complete query"),
 ]
 

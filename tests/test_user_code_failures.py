@@ -195,3 +195,20 @@ def test_train_run_keeps_artifacts_but_not_a_copy_of_the_data(published):
     work = run_dir(published, "manual__2")
     assert (work / "artifacts").is_dir()
     assert sorted(p.name for p in work.iterdir()) == ["artifacts"]  # the data file is gone
+
+
+def test_rows_count_what_the_preprocess_wrote_not_what_was_read(tmp_path, mysql_params, mysql_db):
+    from dataset_registry.mysql_export import export_query
+
+    name, connect = mysql_db
+    conn = connect()
+    conn.cursor().execute("CREATE TABLE r (id INT PRIMARY KEY, v VARCHAR(5))")
+    conn.cursor().execute("INSERT INTO r VALUES (1,'a'),(2,'b'),(3,'c')")
+    conn.close()
+    sql = "SELECT id, v FROM r ORDER BY id"
+    dropped = export_query({**mysql_params, "db": name}, sql, tmp_path / "none.csv",
+                           preprocess=lambda df: df[df.id == "nope"])
+    assert dropped.rows == 0 and (tmp_path / "none.csv").read_bytes() == b"id,v\n"  # -> the run is skipped
+    kept = export_query({**mysql_params, "db": name}, sql, tmp_path / "two.csv", fetch_rows=2,
+                        preprocess=lambda df: df[df.id != "2"])
+    assert kept.rows == 2 and (tmp_path / "two.csv").read_bytes() == b"id,v\n1,a\n3,c\n"

@@ -10,10 +10,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import sys
 import uuid
 
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
 ENV_USER = "DATASET_REGISTRY_SSH_USER"
 ENV_PASSWORD = "DATASET_REGISTRY_SSH_PASSWORD"
 ENV_KEY_FILE = "DATASET_REGISTRY_SSH_KEY_FILE"
@@ -75,7 +77,7 @@ def _remote_md5(fs, path: str) -> tuple[str, str]:
     if checksum is not None:
         try:
             value = str(checksum(path)).strip().lower()
-            if len(value) == 32:
+            if _MD5_HEX.fullmatch(value):  # fsspec's default checksum() is a metadata hash, not an md5
                 return value, "md5sum on the remote host"
         except Exception:  # noqa: BLE001 - no shell or no md5sum there: read the bytes back instead
             pass
@@ -92,6 +94,9 @@ def _state(fs, path: str, md5: str, size: int) -> str:
         info = fs.info(path)
     except FileNotFoundError:
         return f"missing: object {md5} is not on the remote"
+    if info.get("type") not in (None, "file"):
+        raise RemoteObjectError(f"the remote path of object {md5} is a {info.get('type')}, not a file: remove it "
+                                "by hand (nothing was uploaded)")
     if int(info.get("size", -1)) != size:
         return f"corrupt: object {md5} has {info.get('size')} bytes on the remote, expected {size}"
     actual, how = _remote_md5(fs, path)
@@ -197,6 +202,9 @@ def fetch_object(remote: str, md5: str, dest: str) -> int:
 
 def main(argv: list[str]) -> int:
     _patch_ssh()
+    if argv[:1] in (["ensure-remote"], ["fetch-object"]) and (len(argv) < 3 or not _MD5_HEX.fullmatch(argv[2])):
+        print(f"error: {argv[0]} needs a 32-hex-digit md5, got {argv[2:3]}")
+        return 2
     if argv[:1] == ["ensure-remote"] and len(argv) in (4, 5):
         return ensure_remote(argv[1], argv[2], int(argv[3]), argv[4] if len(argv) == 5 else None)
     if argv[:1] == ["fetch-object"] and len(argv) == 4:

@@ -39,11 +39,12 @@ class Runner:
         self.timeout = timeout
 
     def run(self, args: Sequence[str], *, check: bool = True, what: str | None = None,
-            input_text: str | None = None) -> subprocess.CompletedProcess:
+            input_text: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run ``args``; ``env`` adds variables for this call only (e.g. a private GIT_INDEX_FILE)."""
         args = [str(a) for a in args]
         try:
             proc = subprocess.run(
-                args, cwd=self.cwd, env=self.env, capture_output=True, text=True,
+                args, cwd=self.cwd, env={**self.env, **env} if env else self.env, capture_output=True, text=True,
                 timeout=self.timeout, input=input_text, check=False,
             )
         except subprocess.TimeoutExpired:
@@ -56,8 +57,9 @@ class Runner:
             )
         return proc
 
-    def git(self, *args: str, check: bool = True, what: str | None = None) -> str:
-        return self.run(["git", *args], check=check, what=what).stdout.strip()
+    def git(self, *args: str, check: bool = True, what: str | None = None, input_text: str | None = None,
+            env: dict[str, str] | None = None) -> str:
+        return self.run(["git", *args], check=check, what=what, input_text=input_text, env=env).stdout.strip()
 
     def dvc(self, *args: str, what: str | None = None) -> str:
         return self.run([sys.executable, "-m", "dataset_registry.dvc_cli", *args], what=what).stdout

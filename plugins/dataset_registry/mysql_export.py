@@ -48,13 +48,16 @@ _PLAIN_TYPES = {0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 246}  # numbers, 
 # MYSQL_OPTION_MULTI_STATEMENTS_ON = 0, MYSQL_OPTION_MULTI_STATEMENTS_OFF = 1. MySQLdb exports no name.
 MYSQL_OPTION_MULTI_STATEMENTS_OFF = 1
 
-# Server errors that a retry cannot fix: syntax, unknown table/column/database, access denied
-# (1044 1045 1142 1143 1227), a write refused by the read-only session or server (1792 read-only
-# transaction, 1290 --read-only/--secure-file-priv, 1836 read-only mode), TLS required but impossible
-# or certificate refused (2026), insecure transport refused by require_secure_transport (MySQL 3159;
-# MariaDB answers 1045).
-PERMANENT_ERRORS = {1044, 1045, 1049, 1054, 1064, 1142, 1143, 1146, 1149, 1227, 1242, 1267, 1290, 1305,
-                    1792, 1836, 2026, 3159}
+# Only faults a retry can fix are retried; every other server error (syntax, unknown or ambiguous
+# column, wrong UNION arity, access denied, a write refused by the read-only session: 1792, TLS
+# refused, ...) is deterministic and fails at once. The list: connection refused/lost/gone
+# (2002 2003 2005 2006 2013 2055), too many connections (1040, 1203), server shutting down (1053, 1077-1080),
+# network read/write errors (1152-1161), lock wait timeout / deadlock (1205 1213), query interrupted or
+# connection killed (1317 1927), statement timeouts (MariaDB 1969, MySQL 3024), out of memory/resources
+# (1037 1038 1041 1135), and the idle-session timeout (4031).
+TRANSIENT_ERRORS = {1037, 1038, 1040, 1041, 1053, 1077, 1078, 1079, 1080, 1135, 1152, 1153, 1154, 1155, 1156,
+                    1157, 1158, 1159, 1160, 1161, 1203, 1205, 1213, 1317, 1927, 1969, 2002, 2003, 2005, 2006,
+                    2013, 2055, 3024, 4031}
 
 
 class ExportError(RuntimeError):
@@ -66,8 +69,12 @@ class ExportError(RuntimeError):
 
 
 def _retryable(exc: BaseException) -> bool:
+    """A server error is retried only when it is a known transient fault; errors without a MySQL
+    error code (the network, the OS) are retried."""
     args = getattr(exc, "args", ())
-    return not (args and isinstance(args[0], int) and args[0] in PERMANENT_ERRORS)
+    if args and isinstance(args[0], int):
+        return args[0] in TRANSIENT_ERRORS
+    return True
 
 
 @dataclass(frozen=True)
@@ -209,7 +216,7 @@ def export_query(
     started = time.monotonic()
     conn = connect(conn_params)
     md5 = hashlib.md5()
-    rows = size = 0
+    rows = read = size = 0  # rows written to the CSV; rows read from the server
     try:
         cursor = conn.cursor()
         try:
@@ -244,14 +251,16 @@ def export_query(
                 try:
                     batch = cursor.fetchmany(fetch_rows)
                 except MySQLdb.Error as exc:
-                    raise ExportError(f"reading the result failed after {rows} rows: {_server_message(exc)}") from None
+                    raise ExportError(f"reading the result failed after {read} rows: {_server_message(exc)}") from None
                 if not batch:
                     break
-                rows += len(batch)
+                read += len(batch)
                 if chunk_to_text is None:
                     text = "".join(map(formatter, batch))
-                else:
-                    text = chunk_to_text(batch, with_header=not wrote_header)
+                    rows += len(batch)
+                else:  # the preprocess may drop or add rows: count what is written
+                    text, written = chunk_to_text(batch, with_header=not wrote_header)
+                    rows += written
                     wrote_header = True
                 data = text.encode("utf-8")
                 out.write(data)
@@ -261,7 +270,7 @@ def export_query(
                 if now - last_log >= progress_seconds:
                     last_log = now
                     elapsed = now - started
-                    log.info("exported %d rows, %.1f MB, %.0f rows/s", rows, size / 1e6, rows / elapsed)
+                    log.info("exported %d rows (%d read), %.1f MB, %.0f rows/s", rows, read, size / 1e6, read / elapsed)
             if not wrote_header:  # preprocess on an empty result: header of the raw columns
                 data = header.encode("utf-8")
                 out.write(data)
@@ -298,7 +307,7 @@ def export_query(
         except Exception:  # noqa: BLE001 - a dead connection cannot be closed twice
             pass
     elapsed = time.monotonic() - started
-    log.info("export done: %d rows, %.1f MB in %.1f s", rows, size / 1e6, elapsed)
+    log.info("export done: %d rows written (%d read), %.1f MB in %.1f s", rows, read, size / 1e6, elapsed)
     return ExportResult(path=dest, rows=rows, bytes=size, md5=md5.hexdigest(), columns=columns, seconds=elapsed)
 
 
@@ -318,7 +327,7 @@ def _preprocessing_writer(preprocess: Callable, columns: list[str]):
     name = callable_name(preprocess)
     state: dict[str, Any] = {"header": None, "formatter": None, "chunk": 0, "rows": 0}
 
-    def chunk_to_text(batch, with_header: bool) -> str:
+    def chunk_to_text(batch, with_header: bool) -> tuple[str, int]:
         state["chunk"] += 1
         chunk, first_row = state["chunk"], state["rows"] + 1
         state["rows"] += len(batch)
@@ -343,6 +352,6 @@ def _preprocessing_writer(preprocess: Callable, columns: list[str]):
                 f"(the header, from chunk 1), got {names}. A preprocess must return the same columns in "
                 "the same order for every chunk.", retryable=False)
         body = "".join(map(state["formatter"], result.itertuples(index=False, name=None)))
-        return (csv_format.header_line(names) + body) if with_header else body
+        return ((csv_format.header_line(names) + body) if with_header else body), len(result)
 
     return chunk_to_text

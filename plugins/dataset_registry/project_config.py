@@ -35,6 +35,7 @@ OPTIONAL_KEYS: dict[str, Any] = {
     "retries": 2,
     "retry_delay_seconds": 30,
     "query_timeout": None,  # seconds; server-side statement timeout
+    "publish_timeout": None,  # seconds a push may keep losing races to other publishers (null: the connection's)
     "tags": (),
     "owner": "data",
     "mysql_conn_id": "mysql_raw",
@@ -44,7 +45,9 @@ OPTIONAL_KEYS: dict[str, Any] = {
     "model_name": None,  # model name in the model DB (default <project>_model)
 }
 YAML_SUFFIXES = (".yaml", ".yml")
-MAX_FILE_BYTES = 256 * 1024
+MAX_FILE_BYTES = 64 * 1024  # a YAML is parsed by pure-Python PyYAML in the DAG processor: keep it cheap
+MAX_KEYS = 64  # checked before any per-key work
+MAX_PROBLEMS = 50  # reported per file; the rest are counted
 MAX_DESCRIPTION_CHARS = 2000
 MAX_TAGS = 20
 MAX_TAG_CHARS = 50
@@ -65,7 +68,10 @@ class ProjectConfigError(ValueError):
     """
 
     def __init__(self, problems: str | list[str], source_file: Path | str | None = None):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(problems) > MAX_PROBLEMS:
+            problems = problems[:MAX_PROBLEMS] + [f"... and {len(problems) - MAX_PROBLEMS} more problems"]
+        self.problems = problems
         self.source_file = Path(source_file) if source_file is not None else None
         super().__init__(str(self))
 
@@ -99,6 +105,7 @@ class ProjectConfig:
     retries: int = OPTIONAL_KEYS["retries"]
     retry_delay_seconds: int = OPTIONAL_KEYS["retry_delay_seconds"]
     query_timeout: int | None = OPTIONAL_KEYS["query_timeout"]
+    publish_timeout: int | None = OPTIONAL_KEYS["publish_timeout"]
     tags: list[str] = field(default_factory=lambda: list(OPTIONAL_KEYS["tags"]))
     owner: str = OPTIONAL_KEYS["owner"]
     mysql_conn_id: str = OPTIONAL_KEYS["mysql_conn_id"]
@@ -262,6 +269,9 @@ def load_project(path: Path) -> ProjectConfig:
         raise ProjectConfigError(
             f"expected a mapping of keys ({', '.join(REQUIRED_KEYS)}), got {type(data).__name__}", path)
 
+    if len(data) > MAX_KEYS:
+        raise ProjectConfigError(f"the file has {len(data)} top-level keys, over the limit of {MAX_KEYS} (allowed: "
+                                 f"{', '.join(list(REQUIRED_KEYS) + sorted(OPTIONAL_KEYS))})", path)
     problems: list[str] = []
 
     def problem(key: str, msg: str) -> None:
@@ -328,6 +338,10 @@ def load_project(path: Path) -> ProjectConfig:
     timeout = values["query_timeout"]
     if timeout is not None and (not _is_int(timeout) or not 1 <= timeout <= 7 * 86400):
         problem("query_timeout", "must be a whole number of seconds from 1 to 604800, or null")
+    publish_timeout = values["publish_timeout"]
+    if publish_timeout is not None and (not _is_int(publish_timeout) or not 1 <= publish_timeout <= 86400):
+        problem("publish_timeout", "must be a whole number of seconds from 1 to 86400, or null (the connection's, "
+                                   "default 900)")
     tags = values["tags"]
     if (not isinstance(tags, (list, tuple)) or len(tags) > MAX_TAGS
             or not all(isinstance(t, str) and re.fullmatch(TAG_RULE, t) for t in tags)):
@@ -360,7 +374,8 @@ def load_project(path: Path) -> ProjectConfig:
         project=values["project"], schedule=schedule, query=query, query_path=query_path,
         output=values["output"], source_file=path, description=description, preprocess=preprocess,
         version_template=template, start_date=str(start_date), catchup=values["catchup"],
-        retries=values["retries"], retry_delay_seconds=delay, query_timeout=timeout, tags=list(tags),
+        retries=values["retries"], retry_delay_seconds=delay, query_timeout=timeout,
+        publish_timeout=publish_timeout, tags=list(tags),
         owner=owner, mysql_conn_id=values["mysql_conn_id"], registry_conn_id=values["registry_conn_id"],
         model_db_conn_id=values["model_db_conn_id"], train=train, model_name=model_name,
     )

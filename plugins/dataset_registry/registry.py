@@ -12,10 +12,12 @@ The publish protocol (what makes a tag trustworthy):
 4. ``ensure-remote``: the object's CONTENT on the DVC remote is hashed (``md5sum`` on the SSH host,
    else read back); missing or wrong -> the fresh bytes are uploaded to a temp name and renamed over
    it, then hashed again. Nothing is committed before the remote content is proven.
-5. Commit ``<project>/<output>.dvc`` (no commit when it is unchanged), annotated tag carrying a
-   unique publish id, then ONE ``git push --atomic`` of branch + tag. If the branch moved, the
-   commit is replayed on the new tip and pushed again (bounded, with jitter); if the tag appeared
-   meanwhile, step 3 decides, and only the run whose publish id is in the tag reports ``created``.
+5. Commit ``<project>/<output>.dvc`` on the fetched tip with plumbing (private index, no checkout;
+   no commit when it is unchanged), annotated tag carrying a unique publish id, then ONE
+   ``git push --atomic`` of branch + tag. If the branch moved, only the branch and the project's
+   tags are fetched, the commit is rebuilt on the new tip and pushed again, with full-jitter
+   exponential back-off, until ``publish_timeout``; if the tag appeared meanwhile, step 3 decides,
+   and only the run whose publish id is in the tag reports ``created``.
 Tags are never deleted, moved or force-pushed on the remote.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -47,18 +50,37 @@ log = logging.getLogger(__name__)
 
 DVC_REMOTE = "storage"
 TAG_NAMESPACE = "refs/registry-tags"  # remote tags are fetched here, so stale local tags never mislead
-PUSH_ATTEMPTS = 20
+DEFAULT_PUBLISH_TIMEOUT = 900.0  # seconds a push may keep losing races to other publishers
+BACKOFF_BASE = 0.05  # full-jitter exponential back-off: uniform(0, min(cap, base * 2**attempt))
+BACKOFF_CAP = 5.0
 LOCK_TIMEOUT = 3600.0
 STALE_STAGING_SECONDS = 86400  # exports left by killed runs are reaped after a day
 COMMITTER = ["-c", "user.name=Dataset Registry", "-c", "user.email=dataset-registry@localhost"]
 # Answers git's/ssh's prompts from variables set only for the child process: the login for a
 # "Username for 'https://…'" prompt, the password for everything else. No secret is in the file.
-ASKPASS_SCRIPT = """#!/bin/sh
+ENV_GIT_USER = "DATASET_REGISTRY_GIT_USER"
+ENV_GIT_PASSWORD = "DATASET_REGISTRY_GIT_PASSWORD"
+ASKPASS_SCRIPT = f"""#!/bin/sh
 case "$1" in
-  [Uu]sername*) exec printf '%s\\n' "$DATASET_REGISTRY_SSH_USER" ;;
-  *) exec printf '%s\\n' "$DATASET_REGISTRY_SSH_PASSWORD" ;;
+  [Uu]sername*) exec printf '%s\\n' "${ENV_GIT_USER}" ;;
+  *) exec printf '%s\\n' "${ENV_GIT_PASSWORD}" ;;
 esac
 """
+
+
+def split_url_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``https://user:token@host/x`` -> (``https://user@host/x``, user, token).
+
+    A token in the URL would otherwise sit in the clone's ``.git/config`` and in every error message;
+    it is taken out and handed to git through the askpass program instead, like a connection password.
+    """
+    from urllib.parse import unquote
+
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@]*)@", url)
+    if not match or ":" not in match.group(2):
+        return url, None, None
+    user, _, password = match.group(2).partition(":")
+    return f"{match.group(1)}{user}@{url[match.end():]}", unquote(user) or None, unquote(password) or None
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+$")
 _SSH_URL = re.compile(r"^ssh://(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9.\-\[\]:]+(?::\d+)?/[^\s\"']*$")
 
@@ -86,6 +108,7 @@ class RegistrySettings:
     key_file: str | None = None
     known_hosts: str | None = None
     check_host_keys: bool = True
+    publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
 
     def __post_init__(self):
         for name in ("repo_url", "remote_url"):
@@ -93,10 +116,12 @@ class RegistrySettings:
             if not isinstance(value, str) or not value.strip():
                 raise RegistryError(f"dvc_registry connection: extra.{name} is required")
             if value.startswith("-") or any(c in value for c in "\0\n\r\"'"):
-                raise RegistryError(f"dvc_registry connection: extra.{name} {value!r} is not a valid URL or path")
+                raise RegistryError(f"dvc_registry connection: extra.{name} {split_url_credentials(value)[0]!r} "
+                                    "is not a valid URL or path")
         if not (self.repo_url.startswith(("ssh://", "file://", "https://", "http://", "/")) or _SCP_LIKE.match(self.repo_url)):
             raise RegistryError(
-                f"dvc_registry connection: extra.repo_url {self.repo_url!r} must be an absolute path, "
+                f"dvc_registry connection: extra.repo_url {split_url_credentials(self.repo_url)[0]!r} must be an "
+                "absolute path, "
                 "ssh://, file://, https:// or user@host:path"
             )
         if not (self.remote_url.startswith("/") or _SSH_URL.match(self.remote_url)):
@@ -110,6 +135,10 @@ class RegistrySettings:
             value = getattr(self, name)
             if value is not None and (not os.path.isabs(value) or "\0" in value):
                 raise RegistryError(f"dvc_registry connection: extra.{name} must be an absolute path")
+        if isinstance(self.publish_timeout, bool) or not isinstance(self.publish_timeout, (int, float)) \
+                or not 1 <= self.publish_timeout <= 86400:
+            raise RegistryError(f"dvc_registry connection: extra.publish_timeout {self.publish_timeout!r} must be a "
+                                "number of seconds from 1 to 86400")
         work_dir = str(self.work_dir)
         if not os.path.isabs(work_dir) or "\0" in work_dir or "\n" in work_dir:
             raise RegistryError(
@@ -150,10 +179,9 @@ def dvc_file_text(output: str, md5: str, size: int) -> str:
     return f"outs:\n- md5: {md5}\n  size: {size}\n  hash: md5\n  path: {output}\n"
 
 
-def gitignore_with(path: Path, output: str) -> str:
-    """The project's .gitignore with the data file ignored, as ``dvc add`` leaves it."""
+def gitignore_with(text: str, output: str) -> str:
+    """The project's .gitignore (its current ``text``) with the data file ignored, as ``dvc add`` leaves it."""
     line = f"/{output}"
-    text = path.read_text() if path.exists() else ""
     if line in text.splitlines():
         return text
     return text + ("" if not text or text.endswith("\n") else "\n") + line + "\n"
@@ -175,15 +203,27 @@ def _message_field(message: str, name: str) -> str | None:
     return match.group(1) if match else None
 
 
+MD5_HEX = re.compile(r"[0-9a-f]{32}")
+
+
 def parse_dvc_file(text: str) -> tuple[str, int]:
     """(md5, size) of the single output in a .dvc file."""
     import yaml
 
-    data = yaml.safe_load(text) or {}
-    outs = data.get("outs") or []
-    if len(outs) != 1 or "md5" not in outs[0]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"unreadable .dvc file: {exc}") from None
+    outs = data.get("outs") if isinstance(data, dict) else None
+    if not isinstance(outs, list) or len(outs) != 1 or not isinstance(outs[0], dict):
         raise RegistryError("unexpected .dvc file: expected exactly one output with an md5")
-    return str(outs[0]["md5"]), int(outs[0].get("size", -1))
+    md5, size = outs[0].get("md5"), outs[0].get("size", -1)
+    # Anyone who can push to the registry writes these values; they become file paths in the cache.
+    if not isinstance(md5, str) or not MD5_HEX.fullmatch(md5):
+        raise RegistryError(f"unexpected .dvc file: md5 {str(md5)[:80]!r} is not 32 lowercase hex digits")
+    if isinstance(size, bool) or not isinstance(size, int) or size < -1:
+        raise RegistryError(f"unexpected .dvc file: size {str(size)[:80]!r} is not a whole number of bytes")
+    return md5, size
 
 
 class RegistryClient:
@@ -199,7 +239,11 @@ class RegistryClient:
         self.staging_dir = self.work_dir / "staging"
         for d in (self.clone_dir.parent, self.cache_dir, self.staging_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.runner = Runner(self.clone_dir, self._env(), secrets=[settings.ssh_password or ""])
+        # The repository URL as it is written to .git/config and shown in messages: no token in it.
+        self.repo_url, url_user, url_password = split_url_credentials(settings.repo_url)
+        self._git_user = settings.ssh_user or url_user
+        self._git_password = settings.ssh_password or url_password
+        self.runner = Runner(self.clone_dir, self._env(), secrets=[settings.ssh_password or "", url_password or ""])
 
     # ---------------------------------------------------------------- environment
     def _env(self) -> dict[str, str]:
@@ -216,18 +260,19 @@ class RegistryClient:
                 ssh += ["-o", f"UserKnownHostsFile={s.known_hosts}"]
         else:
             ssh += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-        if s.ssh_password:
-            askpass = self.work_dir / "askpass-v2.sh"  # v2: answers user-name prompts with the login
+        if self._git_password:
+            askpass = self.work_dir / "askpass-v3.sh"  # v3: user-name prompts get the login, from its own variable
             if not askpass.exists():
                 tmp = askpass.with_name(f".askpass.{uuid.uuid4().hex}")
                 tmp.write_text(ASKPASS_SCRIPT)
                 tmp.chmod(0o700)
                 os.replace(tmp, askpass)
             env.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=env.get("DISPLAY", ":0"))
+            env[ENV_GIT_USER] = self._git_user or ""
+            env[ENV_GIT_PASSWORD] = self._git_password
+        if s.ssh_password:
             env[dvc_cli.ENV_PASSWORD] = s.ssh_password
-            ssh += ["-o", "NumberOfPasswordPrompts=1"]
-        else:
-            ssh += ["-o", "BatchMode=yes"]
+        ssh += ["-o", "NumberOfPasswordPrompts=1"] if self._git_password else ["-o", "BatchMode=yes"]
         env["GIT_SSH_COMMAND"] = shlex.join(ssh)
         env["GIT_SSH_VARIANT"] = "ssh"
         if s.ssh_user:
@@ -240,8 +285,10 @@ class RegistryClient:
             env[dvc_cli.ENV_NO_HOST_KEY_CHECK] = "1"
         return env
 
-    def _git(self, *args: str, check: bool = True, what: str | None = None) -> str:
-        return self.runner.git("-c", "protocol.ext.allow=never", *args, check=check, what=what)
+    def _git(self, *args: str, check: bool = True, what: str | None = None, input_text: str | None = None,
+             env: dict[str, str] | None = None) -> str:
+        return self.runner.git("-c", "protocol.ext.allow=never", *args, check=check, what=what,
+                               input_text=input_text, env=env)
 
     # ---------------------------------------------------------------- clone upkeep
     @contextmanager
@@ -271,7 +318,7 @@ class RegistryClient:
             shutil.rmtree(self.clone_dir)
         self.clone_dir.mkdir(parents=True)
         self._git("init", "-q", f"--initial-branch={self.settings.branch}")
-        self._git("config", "remote.origin.url", self.settings.repo_url)
+        self._git("config", "remote.origin.url", self.repo_url)
 
     def _clone_is_healthy(self) -> bool:
         if not (self.clone_dir / ".git").is_dir():
@@ -281,7 +328,7 @@ class RegistryClient:
             self._git("rev-parse", "--git-dir")
         except CommandError:
             return False
-        return url == self.settings.repo_url
+        return url == self.repo_url
 
     def _clear_stale_locks(self) -> None:
         """Remove every git lock file in the clone (index, HEAD, config, packed-refs, any ref under
@@ -326,7 +373,7 @@ class RegistryClient:
         tags = self._git("for-each-ref", "--count=1", "--format=%(refname)", f"{TAG_NAMESPACE}/")
         if branches or tags:
             raise RegistryError(
-                f"the registry repository {self.settings.repo_url} has no branch {branch!r} but is not empty "
+                f"the registry repository {self.repo_url} has no branch {branch!r} but is not empty "
                 f"(branches: {', '.join(sorted(branches)[:20]) or 'none'}; tags: {'yes' if tags else 'none'}). "
                 "Only a repository without any refs is initialized; set extra.branch to an existing branch, "
                 "or restore the branch on the registry (tags keep their commits)."
@@ -338,7 +385,7 @@ class RegistryClient:
             self._git(
                 "fetch", "-q", "--prune", "--force", "--no-write-fetch-head", "origin",
                 "+refs/heads/*:refs/remotes/origin/*", f"+refs/tags/*:{TAG_NAMESPACE}/*",
-                what=f"git fetch from the registry repository {self.settings.repo_url}",
+                what=f"git fetch from the registry repository {self.repo_url}",
             )
         except CommandError as exc:
             raise RegistryError(str(exc)) from None
@@ -358,7 +405,7 @@ class RegistryClient:
 
     def _initialize_registry(self) -> None:
         """First publish into an empty repository: DVC set up, one commit (not pushed on its own)."""
-        log.info("registry repository %s is empty: initializing it for DVC", self.settings.repo_url)
+        log.info("registry repository %s is empty: initializing it for DVC", self.repo_url)
         self._fresh_clone()
         self.runner.dvc("init", "-q", what="dvc init")
         (self.clone_dir / ".dvc" / "config").write_text(
@@ -379,7 +426,7 @@ class RegistryClient:
             self._initialize_registry()
         if not (self.clone_dir / ".dvc").is_dir():
             raise RegistryError(
-                f"registry repository {self.settings.repo_url} (branch {self.settings.branch}) has commits "
+                f"registry repository {self.repo_url} (branch {self.settings.branch}) has commits "
                 "but no .dvc folder: it is not a DVC repository; point extra.repo_url at a dataset registry"
             )
         self._write_local_dvc_config()
@@ -436,7 +483,7 @@ class RegistryClient:
         """The tag's metadata; ``version=None`` means the newest. Unknown -> lists what exists."""
         with self.locked():
             if not self.sync():
-                raise VersionNotFoundError(f"the registry {self.settings.repo_url} is empty: nothing published yet")
+                raise VersionNotFoundError(f"the registry {self.repo_url} is empty: nothing published yet")
             return self._resolve(project, output, version)
 
     def _resolve(self, project: str, output: str, version: str | None) -> VersionInfo:
@@ -453,6 +500,8 @@ class RegistryClient:
         return info
 
     def _cache_object(self, md5: str) -> Path:
+        if not MD5_HEX.fullmatch(md5):  # never let a value from the registry become an arbitrary path
+            raise RegistryError(f"refusing md5 {md5[:80]!r}: not 32 lowercase hex digits")
         return self.cache_dir / "files" / "md5" / md5[:2] / md5[2:]
 
     def pull(self, project: str, output: str, version: str | None, dest: Path) -> tuple[VersionInfo, Path, bool]:
@@ -467,7 +516,7 @@ class RegistryClient:
         partial = dest.with_name(dest.name + ".partial")
         with self.locked():
             if not self.sync():
-                raise VersionNotFoundError(f"the registry {self.settings.repo_url} is empty: nothing published yet")
+                raise VersionNotFoundError(f"the registry {self.repo_url} is empty: nothing published yet")
             info = self._resolve(project, output, version)
             obj = self._cache_object(info.md5)
             downloaded = False
@@ -528,8 +577,13 @@ class RegistryClient:
         proc.stderr = redact(proc.stderr or "", self.runner.secrets)
         return proc
 
-    def publish(self, project: str, output: str, version: str, data_file: Path, md5: str, rows: int) -> PublishResult:
-        """Publish ``data_file`` (whose md5 the caller computed while writing it) as ``<project>/<version>``."""
+    def publish(self, project: str, output: str, version: str, data_file: Path, md5: str, rows: int,
+                timeout: float | None = None) -> PublishResult:
+        """Publish ``data_file`` (whose md5 the caller computed while writing it) as ``<project>/<version>``.
+
+        ``timeout``: how long the push may keep losing races to other publishers (default: the
+        connection's ``publish_timeout``); data upload and verification are not counted.
+        """
         validate_project(project)
         validate_output(output)
         validate_version(version)
@@ -548,9 +602,7 @@ class RegistryClient:
                 log.info("tag %s already exists with the same content (md5 %s), verified on the remote: "
                          "nothing to do", tag, md5)
                 return PublishResult(project, version, tag, md5, rows, size, existing.commit, created=False)
-            dvc_text = dvc_file_text(output, md5, size)
-            gitignore = gitignore_with(self.clone_dir / project / ".gitignore", output)
-            return self._commit_and_push(project, output, version, tag, md5, rows, size, dvc_text, gitignore)
+            return self._commit_and_push(project, output, version, tag, md5, rows, size, timeout)
 
     def _add_to_cache(self, data_file: Path, md5: str) -> None:
         """What ``dvc add`` does, without hashing the file a second time: the export computed the md5
@@ -602,58 +654,102 @@ class RegistryClient:
             )
         log.info("verified on the DVC remote: %s", _last_line(check))
 
-    def _commit_and_push(self, project, output, version, tag, md5, rows, size, dvc_text, gitignore) -> PublishResult:
+    def _commit_and_push(self, project, output, version, tag, md5, rows, size, timeout) -> PublishResult:
+        """Commit on the registry's current tip and push branch + tag atomically until it lands.
+
+        Each attempt is cheap: the commit is built with plumbing in a private index on the fetched
+        tip (no checkout, no re-hash, no re-upload), and a lost race fetches only the branch and the
+        project's tags. Losing is retried with full-jitter exponential back-off until ``timeout``
+        (a deadline, not an attempt count: with N publishers at one tick, the last one needs about
+        N rounds).
+        """
         branch = self.settings.branch
-        rel = f"{project}/{output}"
+        timeout = self.settings.publish_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         publish_id = uuid.uuid4().hex
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         message = (f"{project}: version {version}\n\nmd5: {md5}\nrows: {rows}\nbytes: {size}\n"
                    f"created: {created}\npublish-id: {publish_id}\n")
-        for attempt in range(1, PUSH_ATTEMPTS + 1):
-            (self.clone_dir / project).mkdir(exist_ok=True)
-            (self.clone_dir / f"{rel}.dvc").write_text(dvc_text)
-            (self.clone_dir / project / ".gitignore").write_text(gitignore)
-            self._git("add", "--", f"{rel}.dvc", f"{project}/.gitignore")
-            if self._staged_changes():
-                self._git(*COMMITTER, "commit", "-q", "-m", f"{project}: version {version} ({rows} rows, md5 {md5})")
-            commit = self._git("rev-parse", "HEAD")
-            base = self._origin_tip()
+        dvc_blob = self._git("hash-object", "-w", "--stdin", input_text=dvc_file_text(output, md5, size))
+        base = self._origin_tip() or self._git("rev-parse", "HEAD")  # HEAD: the fresh init commit of an empty registry
+        attempt = 0
+        while True:
+            attempt += 1
+            commit = self._commit_on(base, project, output, version, rows, md5, dvc_blob)
             self._git(*COMMITTER, "tag", "-f", "-a", "-m", message, tag, commit)
-            try:
-                self._git(
-                    "push", "-q", "--atomic", "origin",
-                    f"refs/heads/{branch}:refs/heads/{branch}", f"refs/tags/{tag}:refs/tags/{tag}",
-                    what=f"git push to the registry repository {self.settings.repo_url}",
-                )
-            except CommandError as exc:
-                self.fetch()  # learn why: branch moved, tag taken, or remote unreachable (raises)
-                existing = self._tag_info(project, output, version)
-                if existing is not None:
-                    if existing.md5 != md5:
-                        raise self._conflict(existing, md5) from None
-                    mine = existing.publish_id == publish_id  # our push landed, only its answer was lost
-                    log.info("tag %s %s with the same content", tag, "was pushed by this run" if mine else
-                             "was published meanwhile by another run")
-                    return PublishResult(project, version, tag, md5, rows, size, existing.commit, created=mine)
-                if self._origin_tip() == base:
-                    raise RegistryError(f"could not publish {tag}: {exc}") from None
-                if attempt == PUSH_ATTEMPTS:
-                    raise RegistryError(f"could not publish {tag} after {attempt} attempts: {exc}") from None
-                delay = min(3.0, 0.1 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.5)
-                log.info("branch %s moved (another publish landed); replaying on the new tip in %.1f s", branch, delay)
-                time.sleep(delay)
-                self._git("checkout", "-q", "-f", "-B", branch, f"refs/remotes/origin/{branch}")
-                continue
-            log.info("published %s at commit %s", tag, commit[:12])
-            # Bookkeeping only: the push landed, so a failure here must not turn it into a failed publish
-            # (the next fetch writes the same ref anyway).
-            if self.runner.run(["git", "update-ref", self._remote_tag_ref(tag), f"refs/tags/{tag}"], check=False).returncode:
-                log.warning("could not record %s in the clone's tag namespace; the next fetch will", tag)
-            return PublishResult(project, version, tag, md5, rows, size, commit, created=True)
-        raise AssertionError("unreachable")
+            pushed = self.runner.run(
+                ["git", "-c", "protocol.ext.allow=never", "push", "--porcelain", "--atomic", "origin",
+                 f"{commit}:refs/heads/{branch}", f"refs/tags/{tag}:refs/tags/{tag}"], check=False,
+            )
+            if pushed.returncode == 0:
+                log.info("published %s at commit %s (attempt %d)", tag, commit[:12], attempt)
+                self._after_push(branch, commit, tag)
+                return PublishResult(project, version, tag, md5, rows, size, commit, created=True)
+            self._fetch_for_retry(project)  # raises when the registry is unreachable
+            existing = self._tag_info(project, output, version)
+            if existing is not None:
+                if existing.md5 != md5:
+                    raise self._conflict(existing, md5)
+                mine = existing.publish_id == publish_id  # our push landed, only its answer was lost
+                log.info("tag %s %s with the same content", tag, "was pushed by this run" if mine else
+                         "was published meanwhile by another run")
+                return PublishResult(project, version, tag, md5, rows, size, existing.commit, created=mine)
+            tip = self._origin_tip()
+            if tip == base or not tip:
+                detail = redact((pushed.stderr or "") + (pushed.stdout or ""), self.runner.secrets).strip()
+                raise RegistryError(f"git push to the registry repository {self.repo_url} failed "
+                                    f"(exit {pushed.returncode}): {detail[-1500:]}")
+            if time.monotonic() >= deadline:
+                raise RegistryError(
+                    f"could not publish {tag} within publish_timeout={timeout:.0f} s: {attempt} pushes lost the race "
+                    "to other publishers. Nothing was published; rerun, or raise publish_timeout "
+                    "(project YAML key or the connection's extra)")
+            landed = self._git("rev-list", "--count", f"{base}..{tip}", check=False) if base else "?"
+            delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 10)))
+            delay = min(delay, max(0.0, deadline - time.monotonic()))
+            log.info("branch %s moved (%s publish(es) landed since our base); retrying on the new tip in %.2f s "
+                     "(attempt %d)", branch, landed, delay, attempt)
+            time.sleep(delay)
+            base = tip
+
+    def _commit_on(self, base: str, project, output, version, rows, md5, dvc_blob: str) -> str:
+        """A commit on ``base`` whose tree is base's with ``<project>/<output>.dvc`` and the project's
+        ``.gitignore`` set; ``base`` itself when nothing changes (same data as the branch head)."""
+        index = self.clone_dir / ".git" / f"publish-index-{os.getpid()}-{threading.get_ident()}"
+        env = {"GIT_INDEX_FILE": str(index)}
+        try:
+            ignore_path = f"{project}/.gitignore"
+            shown = self.runner.run(["git", "cat-file", "-p", f"{base}:{ignore_path}"], check=False)
+            current = shown.stdout if shown.returncode == 0 else ""  # raw: keep the trailing newline
+            ignore_blob = self._git("hash-object", "-w", "--stdin", input_text=gitignore_with(current, output))
+            self._git("read-tree", base, env=env)
+            self._git("update-index", "--add", "--cacheinfo", f"100644,{dvc_blob},{project}/{output}.dvc", env=env)
+            self._git("update-index", "--add", "--cacheinfo", f"100644,{ignore_blob},{ignore_path}", env=env)
+            tree = self._git("write-tree", env=env)
+        finally:
+            index.unlink(missing_ok=True)
+        if tree == self._git("rev-parse", f"{base}^{{tree}}"):
+            return base
+        return self._git(*COMMITTER, "commit-tree", tree, "-p", base, "-m",
+                         f"{project}: version {version} ({rows} rows, md5 {md5})")
+
+    def _fetch_for_retry(self, project: str) -> None:
+        """After a lost race: only the branch and this project's tags (not every ref of the registry)."""
+        branch = self.settings.branch
+        try:
+            self._git("fetch", "-q", "--force", "--no-write-fetch-head", "origin",
+                      f"+refs/heads/{branch}:refs/remotes/origin/{branch}",
+                      f"+refs/tags/{project}/*:{TAG_NAMESPACE}/{project}/*",
+                      what=f"git fetch from the registry repository {self.repo_url}")
+        except CommandError as exc:
+            raise RegistryError(str(exc)) from None
+
+    def _after_push(self, branch: str, commit: str, tag: str) -> None:
+        """Bookkeeping only: the push landed, so a failure here must not turn it into a failed publish
+        (the next fetch writes the same refs anyway)."""
+        for ref, value in ((f"refs/remotes/origin/{branch}", commit), (self._remote_tag_ref(tag), f"refs/tags/{tag}")):
+            if self.runner.run(["git", "update-ref", ref, value], check=False).returncode:
+                log.warning("could not record %s in the working clone; the next fetch will", ref)
 
     def _origin_tip(self) -> str:
         return self._git("rev-parse", "-q", "--verify", f"refs/remotes/origin/{self.settings.branch}", check=False)
-
-    def _staged_changes(self) -> bool:
-        return self.runner.run(["git", "diff", "--cached", "--quiet"], check=False).returncode == 1

@@ -17,6 +17,9 @@ and what to do:
 - ``no executable comment``: ``/*! ... */`` and ``/*M! ... */`` are SQL the server runs, hidden in
   a comment; refused rather than parsed.
 - ``complete query``: an unterminated string, identifier or comment is refused.
+- ``no control characters``: C0 controls other than tab, CR and LF, and DEL (0x7F), are refused
+  outright: the server's idea of where a ``--`` comment starts depends on them (``--\x7f`` is a
+  comment to MariaDB), so no tokenizer of ours should have to agree with it on such bytes.
 
 The guard is one layer of three: the export also turns multi-statements off on the connection and
 runs in a read-only session. It is not a SQL parser and does not try to judge functions (SLEEP,
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 _MAIN_AFTER_WITH = {"SELECT", "VALUES", "TABLE"}
 _STATEMENT_WORDS = _MAIN_AFTER_WITH | {"WITH"}
 _WORD_CHAR = re.compile(r"[0-9A-Za-z_$\u0080-\U0010ffff]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _DIGIT_LETTER = re.compile(r"(?<=[0-9])(?=[A-Za-z_$\u0080-\U0010ffff])")
 
 
@@ -194,6 +198,13 @@ def check_query(sql: str, *, backslash_escapes: bool = True, ansi_quotes: bool =
     """Raise QueryRefused unless ``sql`` is one read-only query (see the module docstring)."""
     if not isinstance(sql, str):
         raise QueryRefused("one statement", f"the query must be text, got {type(sql).__name__}.")
+    control = _CONTROL.search(sql)
+    if control:
+        raise QueryRefused(
+            "no control characters",
+            f"control character {control.group()!r} at {_where(sql, control.start())}: remove it (only tab, CR "
+            "and LF may appear in a query; write other bytes as CHAR(n) or X'..' literals).",
+        )
     tokens = tokenize(sql, backslash_escapes=backslash_escapes, ansi_quotes=ansi_quotes)
     for idx, tok in enumerate(tokens):
         if tok.kind == "punct" and tok.text == ";":

@@ -82,6 +82,7 @@ def resolve_user_callable_file(spec: str, include_root: str | Path,
     if found is not None:
         real = found.resolve()
         if real.is_relative_to(root):
+            _refuse_unsafe(spec, module, root, real)
             return real
         if not is_allowed_module(module, allow):
             raise UserCodeError(
@@ -96,6 +97,30 @@ def resolve_user_callable_file(spec: str, include_root: str | Path,
         f"must be defined in a module under {root}, e.g. {example} (installed modules only if listed "
         f"in ${ALLOW_ENV})"
     )
+
+
+def _refuse_unsafe(spec: str, module: str, root: Path, real: Path) -> None:
+    """A project module that would not be the one imported, or that anybody could have written."""
+    import importlib.util
+
+    top = module.split(".")[0]
+    if top in sys.stdlib_module_names:
+        raise UserCodeError(f"callable {spec!r}: the top-level name {top!r} is a Python standard-library module; "
+                            "Python would import that instead of the project file: rename the project folder/file")
+    try:
+        other = importlib.util.find_spec(top)  # a top-level lookup imports nothing
+    except (ImportError, ValueError):
+        other = None
+    origin = Path(other.origin).resolve() if other is not None and other.origin not in (None, "built-in", "frozen") \
+        else None
+    installed = origin is None or bool({"site-packages", "dist-packages"} & set(origin.parts))
+    if other is not None and installed and not (origin and origin.is_relative_to(root)):
+        raise UserCodeError(f"callable {spec!r}: an installed module {top!r} ({origin or 'built-in'}) has the same "
+                            "name as the project's; it would shadow the project file: rename the project module")
+    for folder in (root, *[p for p in real.parents if p.is_relative_to(root) and p != root], real):
+        if folder.stat().st_mode & 0o002:
+            raise UserCodeError(f"callable {spec!r}: {folder} is writable by every user of the machine, so anyone "
+                                "could plant code there; make the include folder writable only by the deployment")
 
 
 def _file_of(module) -> Path | None:

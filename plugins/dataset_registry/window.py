@@ -58,3 +58,43 @@ def effective_window(start_param, end_param, interval_start, interval_end) -> tu
             "(for a scheduled run with Airflow's zero-width cron interval, give start and end)"
         )
     return start, end
+
+
+class TemplateError(ValueError):
+    """A project template (query or version template) that cannot be rendered; says what is available."""
+
+
+TEMPLATE_NAMES = ("data_interval_start", "data_interval_end", "window_start", "window_end", "params")
+TEMPLATE_FILTERS = {
+    "ds": lambda v: v.strftime("%Y-%m-%d"),
+    "ds_nodash": lambda v: v.strftime("%Y%m%d"),
+    "ts": lambda v: v.isoformat(),
+    "ts_nodash": lambda v: v.strftime("%Y%m%dT%H%M%S"),
+    "ts_nodash_with_tz": lambda v: v.isoformat().replace("-", "").replace(":", ""),
+}
+
+
+def render_window_template(text: str, start: SqlDateTime, end: SqlDateTime, params: dict | None = None,
+                           what: str = "template") -> str:
+    """Render a project's query or version template with ONLY the effective window and the trigger
+    params, in a strict, immutable Jinja sandbox.
+
+    Why not Airflow's task context: a project YAML is untrusted input, and the context holds ``conn``
+    and ``var``, so ``SELECT '{{ conn.dvc_registry.password }}'`` would copy a secret into the
+    published data or a tag name, where no log masker sees it.
+    """
+    from jinja2 import StrictUndefined, TemplateError as JinjaError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    env.filters.update(TEMPLATE_FILTERS)
+    values = {"data_interval_start": start, "data_interval_end": end, "window_start": start, "window_end": end,
+              "params": {k: v for k, v in (params or {}).items() if isinstance(v, (str, int, float, bool, type(None)))}}
+    try:
+        return env.from_string(text).render(values)
+    except JinjaError as exc:
+        raise TemplateError(
+            f"the project's {what} cannot be rendered: {exc}. Available: {', '.join(TEMPLATE_NAMES)} and the "
+            f"filters {', '.join(TEMPLATE_FILTERS)} (a project template never sees Airflow connections, "
+            "variables or the task context)"
+        ) from None

@@ -6,7 +6,7 @@ from pathlib import Path
 from airflow.sdk import BaseHook
 
 from dataset_registry.paths import worker_path
-from dataset_registry.registry import RegistryClient, RegistrySettings
+from dataset_registry.registry import DEFAULT_PUBLISH_TIMEOUT, RegistryClient, RegistryError, RegistrySettings
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -16,9 +16,19 @@ def default_work_dir() -> Path:
     return worker_path("DATASET_WORK_DIR", "dataset-registry")
 
 
+def _seconds(value, default: float) -> float:
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RegistryError(f"dvc_registry connection: extra.publish_timeout {value!r} is not a number of seconds") from None
+
+
 class RegistryHook(BaseHook):
     """Reads ``extra.repo_url``, ``extra.remote_url``, ``login``/``password``, ``extra.key_file``,
-    ``extra.known_hosts``, ``extra.branch``, ``extra.no_host_key_check`` and ``extra.work_dir``."""
+    ``extra.known_hosts``, ``extra.branch``, ``extra.no_host_key_check``, ``extra.work_dir`` and
+    ``extra.publish_timeout`` (seconds, default 900)."""
 
     conn_name_attr = "registry_conn_id"
     default_conn_name = "dvc_registry"
@@ -44,6 +54,7 @@ class RegistryHook(BaseHook):
             key_file=extra.get("key_file") or None,
             known_hosts=extra.get("known_hosts") or None,
             check_host_keys=not no_check,
+            publish_timeout=_seconds(extra.get("publish_timeout"), DEFAULT_PUBLISH_TIMEOUT),
         )
 
     def get_conn(self) -> RegistryClient:

@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from dataset_registry.names import VERSION_RULE, InvalidNameError, validate_output, validate_project, validate_version
 from dataset_registry.project_config import DEFAULT_VERSION_TEMPLATE
-from dataset_registry.window import WindowError, effective_window
+from dataset_registry.window import TemplateError, WindowError, effective_window, render_window_template
 
 
 class VersionDatasetOperator(BaseOperator):
@@ -30,6 +30,8 @@ class VersionDatasetOperator(BaseOperator):
     server errors raise and are retried by Airflow.
     :param start, end: ISO datetimes overriding the data interval (trigger params).
     :param query: SQL template (Jinja, rendered with the effective window); or ``query_file``.
+    :param publish_timeout: seconds the push may keep losing races to other publishers (default:
+        the registry connection's ``publish_timeout``, 900).
     """
 
     template_fields: Sequence[str] = ("project", "output_file", "version", "start", "end")
@@ -49,6 +51,7 @@ class VersionDatasetOperator(BaseOperator):
         preprocess: str | None = None,
         preprocess_path: str | None = None,
         query_timeout: int | None = None,
+        publish_timeout: int | None = None,
         mysql_conn_id: str = "mysql_raw",
         registry_conn_id: str = "dvc_registry",
         **kwargs: Any,
@@ -65,13 +68,15 @@ class VersionDatasetOperator(BaseOperator):
         self.preprocess = preprocess
         self.preprocess_path = preprocess_path
         self.query_timeout = query_timeout
+        self.publish_timeout = publish_timeout
         self.mysql_conn_id = mysql_conn_id
         self.registry_conn_id = registry_conn_id
 
-    def _render_with_window(self, text: str, context, start, end) -> str:
-        ctx = dict(context)
-        ctx.update(data_interval_start=start, data_interval_end=end, window_start=start, window_end=end)
-        return str(self.render_template(text, ctx)).strip()
+    @staticmethod
+    def _render_with_window(text: str, context, start, end, what: str) -> str:
+        """Only the window and the trigger params: see ``window.render_window_template``."""
+        params = context.get("params") or {}
+        return render_window_template(text, start, end, dict(params), what=what).strip()
 
     def _load_preprocess(self):
         """The preprocess callable, or None; any load problem fails the task now (no retry)."""
@@ -100,14 +105,14 @@ class VersionDatasetOperator(BaseOperator):
             )
             version = "" if self.version is None else self.version  # never stripped: "v1\n" is not "v1"
             if version == "":
-                version = self._render_with_window(self.version_template, context, start, end)
+                version = self._render_with_window(self.version_template, context, start, end, "version_template")
             elif version == "None":
                 raise InvalidNameError(
                     f"invalid version 'None': it must match {VERSION_RULE}, and 'None' is what an unset value "
                     "prints as; leave the version empty to use the project's version template"
                 )
             validate_version(version)
-        except (InvalidNameError, WindowError) as exc:
+        except (InvalidNameError, WindowError, TemplateError) as exc:
             raise AirflowFailException(str(exc)) from None
         preprocess = self._load_preprocess()
 
@@ -115,7 +120,10 @@ class VersionDatasetOperator(BaseOperator):
             sql_template = Path(self.query_file).read_text(encoding="utf-8")
         else:
             sql_template = self.query
-        sql = self._render_with_window(sql_template, context, start, end)
+        try:
+            sql = self._render_with_window(sql_template, context, start, end, "query")
+        except TemplateError as exc:
+            raise AirflowFailException(str(exc)) from None
         self.log.info("project %s, version %s, window [%s, %s)", project, version, start, end)
 
         try:
@@ -136,7 +144,8 @@ class VersionDatasetOperator(BaseOperator):
                     f"no rows in window [{start}, {end}) for project {project}: no version published"
                 )
             try:
-                published = client.publish(project, output, version, staging, result.md5, result.rows)
+                published = client.publish(project, output, version, staging, result.md5, result.rows,
+                                           timeout=self.publish_timeout)
             except VersionConflictError as exc:
                 raise AirflowFailException(str(exc)) from None
         finally:

@@ -1,0 +1,141 @@
+"""`make bench` (fan-in part): N projects publish at the same moment, each from its own worker (own
+working clone and DVC cache), to one registry served over a loopback sshd. Prints wall time,
+publishes per second, p50/p99 latency, git pushes per publish and failures, for the current publish
+protocol and for the previous one (fixed 20 attempts, full checkout per retry), side by side.
+
+Figures, not assertions: `tests/test_fan_in.py` is the pass/fail check (64 publishers, in make test).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "plugins"))
+sys.path.insert(0, str(HERE.parent))
+
+from conftest import make_registry, make_sshd  # noqa: E402
+from dataset_registry.registry import (  # noqa: E402
+    COMMITTER, PublishResult, RegistryClient, RegistryError, dvc_file_text, gitignore_with,
+)
+
+
+class PreviousProtocolClient(RegistryClient):
+    """The publish protocol before the team-scale work, for comparison: after a lost race, fetch every
+    ref, check the branch out again, commit, retry; at most 20 attempts."""
+
+    ATTEMPTS = 20
+
+    def _commit_and_push(self, project, output, version, tag, md5, rows, size, timeout):
+        branch = self.settings.branch
+        rel = f"{project}/{output}"
+        message = f"{project}: version {version}\n\nmd5: {md5}\nrows: {rows}\nbytes: {size}\n"
+        ignore = self.clone_dir / project / ".gitignore"
+        for attempt in range(1, self.ATTEMPTS + 1):
+            (self.clone_dir / project).mkdir(exist_ok=True)
+            (self.clone_dir / f"{rel}.dvc").write_text(dvc_file_text(output, md5, size))
+            ignore.write_text(gitignore_with(ignore.read_text() if ignore.exists() else "", output))
+            self._git("add", "--", f"{rel}.dvc", f"{project}/.gitignore")
+            if self.runner.run(["git", "diff", "--cached", "--quiet"], check=False).returncode == 1:
+                self._git(*COMMITTER, "commit", "-q", "-m", f"{project}: version {version}")
+            commit = self._git("rev-parse", "HEAD")
+            base = self._origin_tip()
+            self._git(*COMMITTER, "tag", "-f", "-a", "-m", message, tag, commit)
+            pushed = self.runner.run(["git", "push", "-q", "--atomic", "origin", f"refs/heads/{branch}:refs/heads/{branch}",
+                                      f"refs/tags/{tag}:refs/tags/{tag}"], check=False)
+            if pushed.returncode == 0:
+                return PublishResult(project, version, tag, md5, rows, size, commit, created=True)
+            self.fetch()
+            if self._origin_tip() == base or attempt == self.ATTEMPTS:
+                raise RegistryError(f"could not publish {tag} after {attempt} attempts")
+            time.sleep(min(3.0, 0.1 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.5))
+            self._git("checkout", "-q", "-f", "-B", branch, f"refs/remotes/origin/{branch}")
+        raise AssertionError("unreachable")
+
+
+def run_round(client_class, count: int, root: Path, sshd) -> dict:
+    registry = make_registry(root, sshd)
+    latencies, pushes, errors = [], [], []
+    barrier = threading.Barrier(count)
+    lock = threading.Lock()
+
+    def worker(i: int):
+        project = f"p{i:03d}"
+        client = client_class(registry.settings(root / f"worker-{i:03d}"))
+        original, mine = client.runner.run, [0]
+
+        def counting_run(args, **kwargs):
+            if "push" in args:
+                mine[0] += 1
+            return original(args, **kwargs)
+
+        client.runner.run = counting_run
+        content = f"id,project\n1,{project}\n".encode()
+        staged = client.staging_file(project, "train.csv")
+        staged.write_bytes(content)
+        barrier.wait()
+        started = time.monotonic()
+        try:
+            client.publish(project, "train.csv", "v1", staged, hashlib.md5(content).hexdigest(), 1)
+            with lock:
+                latencies.append(time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - counted
+            with lock:
+                errors.append(f"{project}: {str(exc)[:120]}")
+        with lock:
+            pushes.append(mine[0])
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(3600)
+    wall = time.monotonic() - started
+    ordered = sorted(latencies) or [float("nan")]
+    return {
+        "wall": wall, "ok": len(latencies), "failed": len(errors), "per_second": len(latencies) / wall,
+        "p50": statistics.median(ordered), "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "pushes": sum(pushes) / max(1, len(pushes)), "commits": registry.commit_count(), "tags": len(registry.tags()),
+        "first_error": errors[0] if errors else "",
+    }
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--publishers", type=int, default=100)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fan-in-") as tmp:
+        sshd = make_sshd(Path(tmp) / "sshd")
+        try:
+            results = {}
+            for name, cls in (("this protocol", RegistryClient), ("previous protocol", PreviousProtocolClient)):
+                print(f"fan-in: {args.publishers} publishers at once, {name}...", flush=True)
+                results[name] = run_round(cls, args.publishers, Path(tmp) / name.replace(" ", "-"), sshd)
+        finally:
+            sshd.stop()
+    print(f"\nFan-in: {args.publishers} projects publishing at the same moment, one worker each, registry over SSH")
+    print(f"| protocol | ok | failed | wall | publishes/s | p50 latency | p99 latency | git pushes per publish |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        print(f"| {name} | {r['ok']} | {r['failed']} | {r['wall']:.1f} s | {r['per_second']:.2f} | {r['p50']:.1f} s | "
+              f"{r['p99']:.1f} s | {r['pushes']:.2f} |")
+    for name, r in results.items():
+        if r["first_error"]:
+            print(f"  {name}, first error: {r['first_error']}")
+    ours = results["this protocol"]
+    verdict = "met" if ours["failed"] == 0 and ours["tags"] == args.publishers else "NOT MET"
+    print(f"target: no publish fails because others are publishing -> {verdict} "
+          f"({ours['ok']}/{args.publishers} landed, {ours['commits']} commits)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
