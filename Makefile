@@ -8,6 +8,7 @@ help:
 	@echo "make test   - set up everything and run the whole test suite"
 	@echo "make setup  - only the idempotent bootstrap (apt, MariaDB, PostgreSQL, .venv, Airflow DB)"
 	@echo "make e2e    - only the whole loop under a real scheduler (part of make test too)"
+	@echo "make celery - only the CeleryExecutor test: Redis, two workers, 8 projects (part of make test too)"
 	@echo "make bench  - performance benchmark (BENCH_ARGS='--rows 2000000 --repeat 3')"
 
 setup:
@@ -22,8 +23,11 @@ test: setup
 e2e: setup
 	@source scripts/env.sh && python -m pytest tests/test_scheduler_e2e.py -v $(PYTEST_ARGS)
 
+celery: setup
+	@source scripts/env.sh && python -m pytest tests/test_celery_e2e.py -v $(PYTEST_ARGS)
+
 BENCH_ARGS ?=
 bench: setup
 	@source scripts/env.sh && python tests/benchmarks/bench.py $(BENCH_ARGS)
 
-.PHONY: help setup demo test e2e bench
+.PHONY: help setup demo test e2e celery bench

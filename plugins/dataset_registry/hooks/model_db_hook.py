@@ -1,21 +1,46 @@
 """ModelDbHook: the ``model_db`` connection (postgres or sqlite) -> a ModelDB.
 
 Embedded default: when the default connection ``model_db`` is not defined, a SQLite file
-``$MODEL_DB_PATH`` (default ``$AIRFLOW_HOME/model_db.sqlite``) is used, and the log says so.
+``$MODEL_DB_PATH`` (default ``$AIRFLOW_HOME/model_db.sqlite``) is used, and the log says so, but only
+on an executor that runs every task on this machine (LocalExecutor, SequentialExecutor). On any
+other (Celery, Kubernetes, ...) each worker would write its own private file, so a missing
+``model_db`` is an error there (ModelDbNotConfigured), naming the executor and the fix.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from dataset_registry.model_db import ModelDB, ModelDbError
 from dataset_registry.paths import worker_path
 
 
+# Executors that run every task on the one machine, where an embedded SQLite file is one shared DB.
+SINGLE_MACHINE_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor"})
+
+
+class ModelDbNotConfigured(ModelDbError, AirflowFailException):
+    """No ``model_db`` connection on a distributed executor: fails the task without retries."""
+
+
 def default_sqlite_path() -> Path:
     return worker_path("MODEL_DB_PATH", "model_db.sqlite")
+
+
+def configured_executors() -> list[str]:
+    """``[core] executor`` as a list of entries (it may be a comma list, entries may be
+    ``alias:module.Class`` or a module path)."""
+    from airflow.configuration import conf
+
+    raw = conf.get("core", "executor", fallback="") or ""
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def distributed_executors(executors: list[str]) -> list[str]:
+    """The entries that are not a single-machine executor (judged by the class name)."""
+    return [e for e in executors if e.rsplit(":", 1)[-1].rsplit(".", 1)[-1] not in SINGLE_MACHINE_EXECUTORS]
 
 
 class ModelDbHook(BaseHook):
@@ -37,6 +62,14 @@ class ModelDbHook(BaseHook):
         except AirflowNotFoundException:
             if self.model_db_conn_id != self.default_conn_name:
                 raise
+            if distributed := distributed_executors(configured_executors()):
+                raise ModelDbNotConfigured(
+                    f"connection {self.model_db_conn_id!r} is not defined and the executor is "
+                    f"{', '.join(distributed)}: tasks run on several workers, so the embedded SQLite "
+                    "fallback would give each worker its own private model DB. Define a postgres "
+                    f"connection {self.model_db_conn_id!r} (e.g. AIRFLOW_CONN_{self.model_db_conn_id.upper()}) "
+                    "that all workers share (the README's deployment section lists what must be shared)."
+                ) from None
             path = default_sqlite_path()
             self.log.info("connection %r is not defined: using the embedded SQLite model DB %s", self.model_db_conn_id, path)
             path.parent.mkdir(parents=True, exist_ok=True)
