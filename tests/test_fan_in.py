@@ -2,13 +2,13 @@
 DVC cache), to one registry whose git and DVC remotes are served over the test sshd. No publish may
 fail because others are publishing."""
 import hashlib
-import threading
 import time
 
 import pytest
 
 from conftest import plain_pull
 from dataset_registry.registry import RegistryClient
+from benchmarks.fan_in import publish_at_once
 from test_reliability import remote_objects_are_intact
 
 pytestmark = pytest.mark.slow
@@ -16,46 +16,15 @@ pytestmark = pytest.mark.slow
 PUBLISHERS = 64
 
 
-def publish_all_at_once(registry, tmp_path, count: int):
-    """Start ``count`` publishers behind one barrier; returns (results, errors, latencies, pushes)."""
-    results, errors, latencies, pushes = {}, {}, {}, {}
-    barrier = threading.Barrier(count)
-
-    def worker(i: int):
-        project = f"p{i:03d}"
-        client = RegistryClient(registry.settings(tmp_path / f"worker-{i:03d}"))
-        original = client.runner.run
-
-        def counting_run(args, **kwargs):
-            if "push" in args:
-                pushes[project] = pushes.get(project, 0) + 1
-            return original(args, **kwargs)
-
-        client.runner.run = counting_run
-        content = f"id,project\n1,{project}\n2,{project}\n".encode()
-        staged = client.staging_file(project, "train.csv")
-        staged.write_bytes(content)
-        barrier.wait()
-        started = time.monotonic()
-        try:
-            results[project] = client.publish(project, "train.csv", "v1", staged, hashlib.md5(content).hexdigest(), 2)
-        except Exception as exc:  # noqa: BLE001 - collected and asserted on
-            errors[project] = exc
-        latencies[project] = time.monotonic() - started
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(1200)
-    return results, errors, latencies, pushes
-
-
 def test_sixty_four_projects_publishing_at_the_same_tick_all_land(tmp_path, registry, sshd):
     started = time.monotonic()
-    results, errors, latencies, pushes = publish_all_at_once(registry, tmp_path, PUBLISHERS)
+    outcomes = publish_at_once(RegistryClient, registry, tmp_path, PUBLISHERS)
     wall = time.monotonic() - started
-    assert errors == {}, {k: str(v)[:300] for k, v in list(errors.items())[:5]}
+    errors = {p: str(o["error"])[:300] for p, o in outcomes.items() if "error" in o}
+    assert errors == {}, dict(list(errors.items())[:5])
+    results = {p: o["result"] for p, o in outcomes.items()}
+    latencies = {p: o["latency"] for p, o in outcomes.items()}
+    pushes = {p: o["pushes"] for p, o in outcomes.items()}
     projects = sorted(results)
     assert len(projects) == PUBLISHERS and all(r.created for r in results.values())
     assert sorted(registry.tags()) == [f"{p}/v1" for p in projects]
@@ -67,14 +36,15 @@ def test_sixty_four_projects_publishing_at_the_same_tick_all_land(tmp_path, regi
         assert registry.git("rev-parse", f"{p}/v1^{{commit}}") == result.commit
         assert result.md5 in registry.git("show", f"{p}/v1:{p}/train.csv.dvc")
     assert plain_pull(registry, sshd, "p063/v1", tmp_path / "by-hand", "p063/train.csv") == b"id,project\n1,p063\n2,p063\n"
+    assert registry.git("for-each-ref", "refs/registry-pending/") == ""  # every proposal landed and was removed
     ordered = sorted(latencies.values())
     print(f"\n{PUBLISHERS} publishers: wall {wall:.1f} s, p50 {ordered[len(ordered) // 2]:.1f} s, "
           f"max {ordered[-1]:.1f} s, pushes per publish {sum(pushes.values()) / PUBLISHERS:.2f}")
 
 
 def _client_losing_races(registry, tmp_path, rivals: int):
-    """A client whose first ``rivals`` pushes each lose to a real publish by another worker that
-    lands just before them; returns (client, push counter)."""
+    """A client before each of whose first ``rivals`` pushes another worker publishes a version
+    (a real, complete publish that lands just before ours); returns (client, push counter)."""
     from dataclasses import replace
 
     client = RegistryClient(replace(registry.settings(tmp_path / "loser"), publish_timeout=600))
@@ -95,6 +65,45 @@ def _client_losing_races(registry, tmp_path, rivals: int):
     return client, state
 
 
+def _client_racing_a_branch_mover(registry, tmp_path, sshd, moves: int = 10**6):
+    """A client whose every landing push loses: just before it, somebody moves the branch with a
+    plain ``git push`` of a new commit (not a publisher, so it never lands our proposal)."""
+    import os
+    import subprocess
+    from dataclasses import replace
+
+    client = RegistryClient(replace(registry.settings(tmp_path / "loser"), publish_timeout=600))
+    mover = tmp_path / "mover"
+    env = {**os.environ, "GIT_SSH_COMMAND": f"ssh -i {sshd.key_file} -o UserKnownHostsFile={sshd.known_hosts}",
+           "GIT_AUTHOR_NAME": "m", "GIT_AUTHOR_EMAIL": "m@m", "GIT_COMMITTER_NAME": "m", "GIT_COMMITTER_EMAIL": "m@m"}
+    original, state = client.runner.run, {"moves": 0}
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(mover), *args], env=env, check=True, capture_output=True, text=True).stdout
+
+    def run(args, **kwargs):
+        if "push" in args and any(str(a).endswith(":refs/heads/main") for a in args) and state["moves"] < moves:
+            if not mover.exists():
+                subprocess.run(["git", "clone", "-q", registry.repo_url, str(mover)], env=env, check=True)
+            git("fetch", "-q", "origin", "main")
+            commit = git("commit-tree", "origin/main^{tree}", "-p", "origin/main", "-m", "moved").strip()
+            git("push", "-q", "origin", f"{commit}:refs/heads/main")
+            state["moves"] += 1
+        return original(args, **kwargs)
+
+    client.runner.run = run
+    return client, state
+
+
+def _init_registry(registry, tmp_path) -> RegistryClient:
+    """A registry in use: one version of another project published (initializes it)."""
+    client = RegistryClient(registry.settings(tmp_path / "init"))
+    staged = client.staging_file("other", "train.csv")
+    staged.write_bytes(b"o\n1\n")
+    client.publish("other", "train.csv", "v1", staged, hashlib.md5(b"o\n1\n").hexdigest(), 1)
+    return client
+
+
 def _publish(client, content=b"a\n1\n"):
     staged = client.staging_file("sales", "train.csv")
     staged.write_bytes(content)
@@ -102,25 +111,44 @@ def _publish(client, content=b"a\n1\n"):
                           timeout=client.settings.publish_timeout)
 
 
-def test_lost_races_are_retried_on_the_new_tip_until_the_push_lands(tmp_path, registry):
-    client, state = _client_losing_races(registry, tmp_path, rivals=4)
+def test_a_publisher_that_loses_the_landing_round_is_landed_by_the_winner(tmp_path, registry):
+    publish_with_init = _init_registry(registry, tmp_path)
+    client, state = _client_losing_races(registry, tmp_path, rivals=2)
     result = _publish(client)
-    assert result.created and state["pushes"] == 5
-    assert sorted(registry.tags()) == ["rival/r1", "rival/r2", "rival/r3", "rival/r4", "sales/v1"]
-    assert registry.commit_count() == 6  # init + 4 rivals + ours, in that order on one line of history
-    assert registry.git("log", "-1", "--format=%s", "main").startswith("sales: version v1")
+    assert result.created  # our publish id is in the tag, whoever pushed it
+    assert sorted(registry.tags()) == ["other/v1", "rival/r1", "rival/r2", "sales/v1"]
+    assert registry.git("rev-parse", "sales/v1^{commit}") == result.commit
+    assert state["pushes"] == 2  # our proposal, then one landing round that the rival's publish won for us
+    assert registry.git("for-each-ref", "refs/registry-pending/") == ""  # every landed proposal is gone
 
 
-def test_publish_timeout_is_a_deadline_with_a_clear_message(tmp_path, registry):
+def test_lost_landing_rounds_are_retried_on_the_new_tip_until_they_land(tmp_path, registry, sshd):
+    _init_registry(registry, tmp_path)
+    client, state = _client_racing_a_branch_mover(registry, tmp_path, sshd, moves=3)
+    result = _publish(client)
+    assert result.created and state["moves"] == 3
+    assert registry.git("rev-parse", "sales/v1^{commit}") == result.commit == registry.git("rev-parse", "main")
+    assert registry.git("log", "--format=%s", "-5", "main").splitlines()[1:4] == ["moved"] * 3
+
+
+def test_publish_timeout_is_a_deadline_with_a_clear_message(tmp_path, registry, sshd):
     from dataclasses import replace
 
     from dataset_registry.registry import RegistryError
 
-    client, state = _client_losing_races(registry, tmp_path, rivals=1000)
+    publish_with_init = _init_registry(registry, tmp_path)
+    client, state = _client_racing_a_branch_mover(registry, tmp_path, sshd)
     client.settings = replace(client.settings, publish_timeout=3)
     started = time.monotonic()
     with pytest.raises(RegistryError) as err:
         _publish(client)
     assert time.monotonic() - started < 60
     assert "within publish_timeout=3 s" in str(err.value) and "lost the race" in str(err.value)
-    assert state["pushes"] >= 2 and "sales/v1" not in registry.tags()
+    assert state["moves"] >= 2 and "sales/v1" not in registry.tags()
+    # The proposal stays: the next publisher lands it (its data was verified before it was proposed).
+    assert registry.git("for-each-ref", "--format=%(refname)", "refs/registry-pending/") == \
+        "refs/registry-pending/sales/v1"
+    staged = publish_with_init.staging_file("other", "train.csv")
+    staged.write_bytes(b"o\n2\n")
+    publish_with_init.publish("other", "train.csv", "v2", staged, hashlib.md5(b"o\n2\n").hexdigest(), 1)
+    assert "sales/v1" in registry.tags() and registry.git("for-each-ref", "refs/registry-pending/") == ""

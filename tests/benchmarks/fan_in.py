@@ -60,51 +60,55 @@ class PreviousProtocolClient(RegistryClient):
         raise AssertionError("unreachable")
 
 
-def run_round(client_class, count: int, root: Path, sshd) -> dict:
-    registry = make_registry(root, sshd)
-    latencies, pushes, errors = [], [], []
+def publish_at_once(client_class, registry, root: Path, count: int) -> dict:
+    """``count`` projects (p000, p001, ...) publish v1 behind one barrier, each with its own worker
+    folder. Returns {project: {"result" or "error", "latency", "pushes"}}."""
+    outcomes: dict[str, dict] = {}
     barrier = threading.Barrier(count)
-    lock = threading.Lock()
 
     def worker(i: int):
         project = f"p{i:03d}"
         client = client_class(registry.settings(root / f"worker-{i:03d}"))
-        original, mine = client.runner.run, [0]
+        original, outcome = client.runner.run, {"pushes": 0}
+        outcomes[project] = outcome
 
         def counting_run(args, **kwargs):
             if "push" in args:
-                mine[0] += 1
+                outcome["pushes"] += 1
             return original(args, **kwargs)
 
         client.runner.run = counting_run
-        content = f"id,project\n1,{project}\n".encode()
+        content = f"id,project\n1,{project}\n2,{project}\n".encode()
         staged = client.staging_file(project, "train.csv")
         staged.write_bytes(content)
         barrier.wait()
         started = time.monotonic()
         try:
-            client.publish(project, "train.csv", "v1", staged, hashlib.md5(content).hexdigest(), 1)
-            with lock:
-                latencies.append(time.monotonic() - started)
-        except Exception as exc:  # noqa: BLE001 - counted
-            with lock:
-                errors.append(f"{project}: {str(exc)[:120]}")
-        with lock:
-            pushes.append(mine[0])
+            outcome["result"] = client.publish(project, "train.csv", "v1", staged, hashlib.md5(content).hexdigest(), 2)
+        except Exception as exc:  # noqa: BLE001 - reported by the caller
+            outcome["error"] = exc
+        outcome["latency"] = time.monotonic() - started
 
-    started = time.monotonic()
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(3600)
+    return outcomes
+
+
+def run_round(client_class, count: int, root: Path, sshd) -> dict:
+    registry = make_registry(root, sshd)
+    started = time.monotonic()
+    outcomes = publish_at_once(client_class, registry, root, count)
     wall = time.monotonic() - started
-    ordered = sorted(latencies) or [float("nan")]
+    ordered = sorted(o["latency"] for o in outcomes.values() if "result" in o) or [float("nan")]
+    errors = [f"{p}: {str(o['error'])[:120]}" for p, o in sorted(outcomes.items()) if "error" in o]
     return {
-        "wall": wall, "ok": len(latencies), "failed": len(errors), "per_second": len(latencies) / wall,
+        "wall": wall, "ok": count - len(errors), "failed": len(errors), "per_second": (count - len(errors)) / wall,
         "p50": statistics.median(ordered), "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
-        "pushes": sum(pushes) / max(1, len(pushes)), "commits": registry.commit_count(), "tags": len(registry.tags()),
-        "first_error": errors[0] if errors else "",
+        "pushes": sum(o["pushes"] for o in outcomes.values()) / count, "commits": registry.commit_count(),
+        "tags": len(registry.tags()), "first_error": errors[0] if errors else "",
     }
 
 
