@@ -9,7 +9,8 @@ help:
 	@echo "make setup  - only the idempotent bootstrap (apt, MariaDB, PostgreSQL, .venv, Airflow DB)"
 	@echo "make e2e    - only the whole loop under a real scheduler (part of make test too)"
 	@echo "make celery - only the CeleryExecutor test: Redis, two workers, 8 projects (part of make test too)"
-	@echo "make bench  - performance benchmark (BENCH_ARGS='--rows 2000000 --repeat 3')"
+	@echo "make bench  - performance benchmark (BENCH_ARGS='--rows 2000000 --repeat 3'), then the fan-in benchmark"
+	@echo "make fan-in - only the fan-in benchmark: N publishers at once, this protocol vs the previous (FANIN_ARGS='--publishers 100')"
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -27,7 +28,11 @@ celery: setup
 	@source scripts/env.sh && python -m pytest tests/test_celery_e2e.py -v $(PYTEST_ARGS)
 
 BENCH_ARGS ?=
+FANIN_ARGS ?=
 bench: setup
-	@source scripts/env.sh && python tests/benchmarks/bench.py $(BENCH_ARGS)
+	@source scripts/env.sh && python tests/benchmarks/bench.py $(BENCH_ARGS) && python tests/benchmarks/fan_in.py $(FANIN_ARGS)
 
-.PHONY: help setup demo test e2e celery bench
+fan-in: setup
+	@source scripts/env.sh && python tests/benchmarks/fan_in.py $(FANIN_ARGS)
+
+.PHONY: help setup demo test e2e celery bench fan-in

@@ -440,3 +440,21 @@ def test_a_directory_in_place_of_the_remote_object_is_reported_not_filled(tmp_pa
         publish_with(client, "sales", "v2", CONTENT)
     assert "is a directory, not a file" in str(err.value)
     assert list(obj.iterdir()) == [] and "sales/v2" not in registry.tags()
+
+
+def test_a_crafted_proposal_is_dropped_not_landed(tmp_path, registry, sshd):
+    publish_with(client_for(registry), "other", "v1", b"o\n1\n")
+    env = {**os.environ, "GIT_SSH_COMMAND": f"ssh -i {sshd.key_file} -o UserKnownHostsFile={sshd.known_hosts}"}
+    crafted = tmp_path / "crafted"
+    run(["git", "init", "-q", crafted])
+    (crafted / "sales").mkdir()
+    (crafted / "sales" / "train.csv.dvc").write_text("outs:\n- md5: xx/etc/passwd\n  size: 1\n  hash: md5\n  path: train.csv\n")
+    (crafted / "extra.txt").write_text("smuggled\n")
+    ident = ["-c", "user.name=x", "-c", "user.email=x@x"]
+    run(["git", *ident, "add", "."], cwd=crafted)
+    run(["git", *ident, "commit", "-qm", "sales: version evil\n\nmd5: xx/etc/passwd\n"], cwd=crafted)
+    run(["git", "push", "-q", registry.repo_url, "HEAD:refs/registry-pending/sales/evil"], cwd=crafted, env=env)
+    result = publish_with(client_for(registry), "sales", "v1", CONTENT)
+    assert result.created and sorted(registry.tags()) == ["other/v1", "sales/v1"]
+    assert registry.git("for-each-ref", "refs/registry-pending/") == ""  # dropped with the landing push
+    assert "extra.txt" not in registry.git("ls-tree", "-r", "--name-only", "main")

@@ -694,12 +694,20 @@ class RegistryClient:
                          "landed by this run" if attempt > 1 and mine else "by this run" if mine else
                          "by another run with the same content", attempt - 1)
                 return PublishResult(project, version, tag, md5, rows, size, existing.commit, created=mine)
+            if time.monotonic() >= deadline:
+                raise RegistryError(
+                    f"could not publish {tag} within publish_timeout={timeout:.0f} s: {attempt - 1} rounds lost the "
+                    "race to other publishers. Its proposal stays on the registry and the next publisher lands it, or "
+                    "rerun; raise publish_timeout (project YAML key or the connection's extra) if this recurs")
+            if not self._git("rev-parse", "-q", "--verify", f"{PENDING_LOCAL}/{tag}", check=False):
+                if attempt > 3:
+                    raise RegistryError(f"could not publish {tag}: its proposal cannot be pushed to the registry "
+                                        f"{self.repo_url} (is refs/registry-pending/ writable?); nothing was tagged")
+                self._propose(project, output, tag, md5, size, message)  # lost, or never arrived: propose again
+                continue
             base = self._origin_tip() or self._git("rev-parse", "HEAD")  # HEAD: a fresh registry's init commit
             tip, landing, done = self._landing_plan(base)
             tags = list(landing)
-            if not tags and not done:
-                raise RegistryError(f"could not publish {tag}: its proposal is no longer on the registry "
-                                    f"{self.repo_url} and no tag was made; rerun the task")
             refspecs = ([f"{tip}:refs/heads/{branch}"] if tip != base or not self._origin_tip() else [])
             refspecs += [f"refs/tags/{t}:refs/tags/{t}" for t in tags] + [f":{PENDING_NAMESPACE}/{t}" for t in done]
             pushed = self.runner.run(["git", "-c", "protocol.ext.allow=never", "push", "--porcelain", "--atomic",
@@ -718,11 +726,6 @@ class RegistryClient:
                 detail = redact((pushed.stderr or "") + (pushed.stdout or ""), self.runner.secrets).strip()
                 raise RegistryError(f"git push to the registry repository {self.repo_url} failed "
                                     f"(exit {pushed.returncode}): {detail[-1500:]}")
-            if time.monotonic() >= deadline:
-                raise RegistryError(
-                    f"could not publish {tag} within publish_timeout={timeout:.0f} s: {attempt} rounds lost the race "
-                    "to other publishers. Its proposal stays on the registry and the next publisher lands it, or "
-                    "rerun; raise publish_timeout (project YAML key or the connection's extra) if this recurs")
             delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 10)))
             delay = min(delay, max(0.0, deadline - time.monotonic()))
             log.info("another publisher landed first (round %d); fetching again in %.2f s", attempt, delay)
