@@ -144,7 +144,8 @@ def test_publish_timeout_is_a_deadline_with_a_clear_message(tmp_path, registry, 
         _publish(client)
     assert time.monotonic() - started < 60
     assert "within publish_timeout=3 s" in str(err.value) and "lost the race" in str(err.value)
-    assert state["moves"] >= 2 and "sales/v1" not in registry.tags()
+    assert state["moves"] >= 1 and "sales/v1" not in registry.tags()  # every landing round lost (the
+    # first one includes the mover's clone, so on a loaded machine one round can use up the 3 s)
     # The proposal stays: the next publisher lands it (its data was verified before it was proposed).
     assert registry.git("for-each-ref", "--format=%(refname)", "refs/registry-pending/") == \
         "refs/registry-pending/sales/v1"
