@@ -15,7 +15,7 @@ import shutil
 import sys
 import uuid
 
-_MD5_HEX = re.compile(r"[0-9a-f]{32}")
+MD5_HEX = re.compile(r"[0-9a-f]{32}")  # also what makes an md5 from the registry safe to use as a path
 ENV_USER = "DATASET_REGISTRY_SSH_USER"
 ENV_PASSWORD = "DATASET_REGISTRY_SSH_PASSWORD"
 ENV_KEY_FILE = "DATASET_REGISTRY_SSH_KEY_FILE"
@@ -77,7 +77,7 @@ def _remote_md5(fs, path: str) -> tuple[str, str]:
     if checksum is not None:
         try:
             value = str(checksum(path)).strip().lower()
-            if _MD5_HEX.fullmatch(value):  # fsspec's default checksum() is a metadata hash, not an md5
+            if MD5_HEX.fullmatch(value):  # fsspec's default checksum() is a metadata hash, not an md5
                 return value, "md5sum on the remote host"
         except Exception:  # noqa: BLE001 - no shell or no md5sum there: read the bytes back instead
             pass
@@ -202,7 +202,7 @@ def fetch_object(remote: str, md5: str, dest: str) -> int:
 
 def main(argv: list[str]) -> int:
     _patch_ssh()
-    if argv[:1] in (["ensure-remote"], ["fetch-object"]) and (len(argv) < 3 or not _MD5_HEX.fullmatch(argv[2])):
+    if argv[:1] in (["ensure-remote"], ["fetch-object"]) and (len(argv) < 3 or not MD5_HEX.fullmatch(argv[2])):
         print(f"error: {argv[0]} needs a 32-hex-digit md5, got {argv[2:3]}")
         return 2
     if argv[:1] == ["ensure-remote"] and len(argv) in (4, 5):

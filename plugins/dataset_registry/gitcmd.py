@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +30,31 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 
 class Runner:
-    """Runs commands in one working directory with one environment; never through a shell."""
+    """Runs commands in one working directory with one environment; never through a shell.
 
-    def __init__(self, cwd: Path, env: dict[str, str], secrets: Sequence[str] = (), timeout: float = 3600):
+    :param cwd: the working directory of every command
+    :param env: the complete environment of every command
+    :param secrets: values replaced by ``***`` in every error message
+    :param timeout: seconds a command may run
+    :param before_first_run: set-up the environment relies on (e.g. a helper program it names), run
+        once before the first command, so that building a Runner touches no disk
+    """
+
+    def __init__(self, cwd: Path, env: dict[str, str], secrets: Sequence[str] = (), timeout: float = 3600,
+                 before_first_run: Callable[[], None] | None = None):
         self.cwd = Path(cwd)
         self.env = env
         self.secrets = [s for s in secrets if s]
         self.timeout = timeout
+        self._before_first_run = before_first_run
 
     def run(self, args: Sequence[str], *, check: bool = True, what: str | None = None,
             input_text: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run ``args``; ``env`` adds variables for this call only (e.g. a private GIT_INDEX_FILE)."""
         args = [str(a) for a in args]
+        if self._before_first_run is not None:
+            self._before_first_run()
+            self._before_first_run = None
         try:
             proc = subprocess.run(
                 args, cwd=self.cwd, env={**self.env, **env} if env else self.env, capture_output=True, text=True,

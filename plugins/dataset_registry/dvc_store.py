@@ -1,0 +1,235 @@
+"""The worker's DVC cache and the registry's DVC remote: content-addressed objects, proven by their md5.
+
+The cache is a plain DVC 3 cache (``files/md5/ab/cdef…``), so ``dvc`` itself can use it. An md5
+from the registry becomes a path only after it is checked to be 32 lowercase hex digits (anyone who
+can push to the registry writes those values). Fresh exports replace what the cache holds under
+their md5; objects leave the cache only through a copy that is hashed on the way. The remote is
+checked and filled by ``dvc_cli``'s object-level commands, which hash the remote's content rather
+than trust its size.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from dataset_registry.disk import disk_problem
+from dataset_registry.dvc_cli import MD5_HEX
+from dataset_registry.gitcmd import Runner, redact
+from dataset_registry.names import validate_output, validate_project
+from dataset_registry.registry_errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+DVC_REMOTE = "storage"
+STALE_STAGING_SECONDS = 86400  # exports left by killed runs are reaped after a day
+
+
+def dvc_file_text(output: str, md5: str, size: int) -> str:
+    """The .dvc file exactly as ``dvc add`` (DVC 3) writes it for one file."""
+    return f"outs:\n- md5: {md5}\n  size: {size}\n  hash: md5\n  path: {output}\n"
+
+
+def parse_dvc_file(text: str) -> tuple[str, int]:
+    """(md5, size) of the single output in a .dvc file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"unreadable .dvc file: {exc}") from None
+    outs = data.get("outs") if isinstance(data, dict) else None
+    if not isinstance(outs, list) or len(outs) != 1 or not isinstance(outs[0], dict):
+        raise RegistryError("unexpected .dvc file: expected exactly one output with an md5")
+    md5, size = outs[0].get("md5"), outs[0].get("size", -1)
+    # Anyone who can push to the registry writes these values; they become file paths in the cache.
+    if not isinstance(md5, str) or not MD5_HEX.fullmatch(md5):
+        raise RegistryError(f"unexpected .dvc file: md5 {str(md5)[:80]!r} is not 32 lowercase hex digits")
+    if isinstance(size, bool) or not isinstance(size, int) or size < -1:
+        raise RegistryError(f"unexpected .dvc file: size {str(size)[:80]!r} is not a whole number of bytes")
+    return md5, size
+
+
+def gitignore_with(text: str, output: str) -> str:
+    """The project's .gitignore (its current ``text``) with the data file ignored, as ``dvc add`` leaves it."""
+    line = f"/{output}"
+    if line in text.splitlines():
+        return text
+    return text + ("" if not text or text.endswith("\n") else "\n") + line + "\n"
+
+
+def local_disk_error(exc: OSError, path: Path, doing: str) -> RegistryError | OSError:
+    """A RegistryError naming ``path`` for a full or unwritable disk; other OS errors as they are."""
+    message = disk_problem(exc, path, doing)
+    return RegistryError(message) if message else exc
+
+
+def _last_line(proc) -> str:
+    lines = ((proc.stdout or "") + (proc.stderr or "")).strip().splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
+class DvcStore:
+    """The local DVC cache of one worker, and the DVC remote as the working clone's DVC sees it.
+
+    :param cache_dir: the worker's DVC cache (created on first use)
+    :param remote_url: the DVC remote (``ssh://…`` or an absolute path)
+    :param repo_dir: the working clone: ``dvc_cli`` runs there, and its git-ignored DVC config points here
+    :param runner: runs ``dvc_cli`` (its environment carries the SSH credentials; output is redacted)
+    """
+
+    def __init__(self, cache_dir: Path, remote_url: str, repo_dir: Path, runner: Runner):
+        self.cache_dir = Path(cache_dir)
+        self.remote_url = remote_url
+        self.repo_dir = Path(repo_dir)
+        self.runner = runner
+
+    def object_path(self, md5: str) -> Path:
+        """Where the cache keeps the object with this md5 (which must be 32 lowercase hex digits)."""
+        if not MD5_HEX.fullmatch(md5):  # never let a value from the registry become an arbitrary path
+            raise RegistryError(f"refusing md5 {md5[:80]!r}: not 32 lowercase hex digits")
+        return self.cache_dir / "files" / "md5" / md5[:2] / md5[2:]
+
+    def has(self, md5: str) -> bool:
+        return self.object_path(md5).is_file()
+
+    def configure(self) -> None:
+        """Run-time DVC settings of the working clone, git-ignored: remote URL and this worker's shared
+        cache. No secrets (they travel in the environment)."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        text = (
+            "[cache]\n"
+            f'    dir = "{self.cache_dir}"\n'
+            '    type = "reflink,hardlink,copy"\n'
+            f"['remote \"{DVC_REMOTE}\"']\n"
+            f'    url = "{self.remote_url}"\n'
+        )
+        path = self.repo_dir / ".dvc" / "config.local"
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+
+    def add(self, data_file: Path, md5: str) -> None:
+        """What ``dvc add`` does, without hashing the file a second time: the export computed the md5
+        while writing. The fresh file always REPLACES whatever the cache holds under that name (a
+        cached copy may have been damaged since; the fresh bytes are the ones we hashed). Renamed
+        into the content-addressed cache (same filesystem: staging sits next to the cache),
+        read-only like DVC's own."""
+        obj = self.object_path(md5)
+        try:
+            obj.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(data_file, obj)
+            except OSError as exc:  # another filesystem: copy beside the object, then rename
+                if exc.errno != errno.EXDEV:
+                    raise
+                tmp = obj.with_name(f".{obj.name}.{uuid.uuid4().hex}.tmp")
+                try:
+                    shutil.copyfile(data_file, tmp)
+                    os.replace(tmp, obj)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                data_file.unlink(missing_ok=True)
+            obj.chmod(0o444)
+        except OSError as exc:
+            raise local_disk_error(exc, obj, "placing the export in the DVC cache at") from None
+        log.info("cached %s as DVC object %s", data_file.name, md5)
+
+    def copy_out(self, md5: str, dest: Path, label: str) -> None:
+        """Copy the cached object to ``dest`` (a file path), hashing it on the way: ``dest`` appears only
+        when the bytes have this md5. A corrupt cache object is removed (the next pull fetches it
+        again); on any failure no file is left at ``dest``. ``label`` names the data in messages."""
+        obj = self.object_path(md5)
+        dest = Path(dest)
+        partial = dest.with_name(dest.name + ".partial")
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.md5()
+            with open(obj, "rb") as src, open(partial, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != md5:
+                obj.chmod(0o644)
+                obj.unlink(missing_ok=True)  # a corrupt cache object: the next pull fetches it again
+                raise RegistryError(f"{label}: the data has md5 {digest.hexdigest()}, the .dvc file says {md5} "
+                                    "(corrupt local cache object removed; rerun to fetch it again)")
+            os.replace(partial, dest)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise local_disk_error(exc, dest, f"copying {label} to") from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    def ensure_remote(self, rel: str, md5: str, size: int) -> None:
+        """Make the DVC remote hold exactly the cached bytes: its content is hashed, and uploaded from
+        the cache (the fresh export) when missing or wrong. Nothing is committed before this holds."""
+        log.info("ensuring %s (md5 %s, %d bytes) is on the DVC remote %s", rel, md5, size, self.remote_url)
+        check = self._tool("ensure-remote", DVC_REMOTE, md5, str(size), str(self.object_path(md5)))
+        for line in (check.stdout or "").splitlines()[:-1]:
+            log.info("DVC remote: %s", line)
+        if check.returncode != 0:
+            raise RegistryError(
+                f"the DVC remote {self.remote_url} does not hold {rel} (md5 {md5}): {_last_line(check)}. "
+                "Nothing was committed or tagged; fix the remote and publish again."
+            )
+        log.info("verified on the DVC remote: %s", _last_line(check))
+
+    def fetch(self, md5: str, label: str) -> None:
+        """Download the object from the remote into the cache, hashed while it streams (it appears in
+        the cache only when the bytes match). ``label`` names the data in messages."""
+        log.info("fetching %s (%s) from the DVC remote %s", label, md5, self.remote_url)
+        obj = self.object_path(md5)
+        check = self._tool("fetch-object", DVC_REMOTE, md5, str(obj))
+        if check.returncode != 0 or not obj.is_file():
+            raise RegistryError(f"cannot get {label} (md5 {md5}) from the DVC remote {self.remote_url}: "
+                                f"{_last_line(check)}")
+
+    def _tool(self, *args: str):
+        """Our ``dvc_cli`` sub-commands (object-level work on the DVC remote); output redacted."""
+        proc = self.runner.run([sys.executable, "-m", "dataset_registry.dvc_cli", *args], check=False)
+        proc.stdout = redact(proc.stdout or "", self.runner.secrets)
+        proc.stderr = redact(proc.stderr or "", self.runner.secrets)
+        return proc
+
+
+class StagingArea:
+    """Where exports are written before they join the cache: beside it, so placing one is a rename.
+
+    :param directory: the staging folder (created on first use)
+    """
+
+    def __init__(self, directory: Path):
+        self._directory = Path(directory)
+
+    @property
+    def directory(self) -> Path:
+        """The staging folder; created here, on first use, so that constructing touches no disk."""
+        self._directory.mkdir(parents=True, exist_ok=True)
+        return self._directory
+
+    def new_file(self, project: str, output: str) -> Path:
+        """A fresh path for one export of ``<project>/<output>``. Exports that killed runs left behind
+        (older than a day) are removed first."""
+        validate_project(project)
+        validate_output(output)
+        directory = self.directory
+        self._reap_stale(directory)
+        return directory / f"{project}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{output}"
+
+    @staticmethod
+    def _reap_stale(directory: Path) -> None:
+        cutoff = time.time() - STALE_STAGING_SECONDS
+        for stale in directory.iterdir():
+            try:
+                if stale.is_file() and stale.stat().st_mtime < cutoff:
+                    stale.unlink()
+                    log.info("removed stale staging file %s (left by a killed run)", stale)
+            except FileNotFoundError:
+                pass  # another process reaped it first

@@ -1,0 +1,116 @@
+"""The environment git and DVC run in: SSH options, host-key policy and credentials, none of them in
+argv or in a file.
+
+A password (the settings' SSH password, or a token written into an https URL) reaches git through an
+askpass program that reads it from a variable set only for the child process, and reaches DVC's SSH
+filesystem through ``dvc_cli``'s variables. Host keys are checked unless the settings opt out.
+Building the environment is pure; the askpass script (which holds no secret) is written on first use.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from dataset_registry import dvc_cli
+from dataset_registry.gitcmd import base_env
+
+if TYPE_CHECKING:
+    from dataset_registry.registry_settings import RegistrySettings
+
+# Answers git's/ssh's prompts from variables set only for the child process: the login for a
+# "Username for 'https://…'" prompt, the password for everything else. No secret is in the file.
+ENV_GIT_USER = "DATASET_REGISTRY_GIT_USER"
+ENV_GIT_PASSWORD = "DATASET_REGISTRY_GIT_PASSWORD"
+ASKPASS_SCRIPT = f"""#!/bin/sh
+case "$1" in
+  [Uu]sername*) exec printf '%s\\n' "${ENV_GIT_USER}" ;;
+  *) exec printf '%s\\n' "${ENV_GIT_PASSWORD}" ;;
+esac
+"""
+ASKPASS_NAME = "askpass-v3.sh"  # v3: user-name prompts get the login, from its own variable
+
+
+def split_url_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``https://user:token@host/x`` -> (``https://user@host/x``, user, token).
+
+    A token in the URL would otherwise sit in the clone's ``.git/config`` and in every error message;
+    it is taken out and handed to git through the askpass program instead, like an SSH password.
+    """
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@]*)@", url)
+    if not match or ":" not in match.group(2):
+        return url, None, None
+    user, _, password = match.group(2).partition(":")
+    return f"{match.group(1)}{user}@{url[match.end():]}", unquote(user) or None, unquote(password) or None
+
+
+class SubprocessEnv:
+    """The environment variables of every git/DVC child process for one registry's settings.
+
+    :param settings: the registry's settings (SSH user/password, key file, known_hosts, host-key check)
+    :param askpass: where the askpass script is written, when a password is in use
+    """
+
+    def __init__(self, settings: RegistrySettings, askpass: Path):
+        self.settings = settings
+        self.askpass = Path(askpass)
+        # The repository URL as it is written to .git/config and shown in messages: no token in it.
+        self.repo_url, url_user, url_password = split_url_credentials(settings.repo_url)
+        self.git_user = settings.ssh_user or url_user
+        self.git_password = settings.ssh_password or url_password
+        self.secrets = [s for s in (settings.ssh_password, url_password) if s]  # redacted from every message
+
+    def ssh_command(self) -> list[str]:
+        """git's ``ssh`` argv: key, login and host-key policy; prompts only when a password is in use."""
+        s = self.settings
+        ssh = ["ssh", "-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=15"]
+        if s.key_file:
+            ssh += ["-i", s.key_file, "-o", "IdentitiesOnly=yes"]
+        if s.ssh_user:
+            ssh += ["-l", s.ssh_user]
+        if s.check_host_keys:
+            ssh += ["-o", "StrictHostKeyChecking=yes"]
+            if s.known_hosts:
+                ssh += ["-o", f"UserKnownHostsFile={s.known_hosts}"]
+        else:
+            ssh += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+        ssh += ["-o", "NumberOfPasswordPrompts=1"] if self.git_password else ["-o", "BatchMode=yes"]
+        return ssh
+
+    def variables(self) -> dict[str, str]:
+        """The complete environment: ``base_env()`` plus git's SSH command, the askpass variables and
+        the values ``dvc_cli`` hands to DVC's SSH filesystem."""
+        s = self.settings
+        env = base_env()
+        if self.git_password:
+            env.update(SSH_ASKPASS=str(self.askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=env.get("DISPLAY", ":0"))
+            env[ENV_GIT_USER] = self.git_user or ""
+            env[ENV_GIT_PASSWORD] = self.git_password
+        if s.ssh_password:
+            env[dvc_cli.ENV_PASSWORD] = s.ssh_password
+        env["GIT_SSH_COMMAND"] = shlex.join(self.ssh_command())
+        env["GIT_SSH_VARIANT"] = "ssh"
+        if s.ssh_user:
+            env[dvc_cli.ENV_USER] = s.ssh_user
+        if s.key_file:
+            env[dvc_cli.ENV_KEY_FILE] = s.key_file
+        if s.known_hosts:
+            env[dvc_cli.ENV_KNOWN_HOSTS] = s.known_hosts
+        if not s.check_host_keys:
+            env[dvc_cli.ENV_NO_HOST_KEY_CHECK] = "1"
+        return env
+
+    def install_askpass(self) -> None:
+        """Write the askpass script when a password is in use and it is not there yet (atomically:
+        concurrent first uses never see half a script)."""
+        if not self.git_password or self.askpass.exists():
+            return
+        self.askpass.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.askpass.with_name(f".askpass.{uuid.uuid4().hex}")
+        tmp.write_text(ASKPASS_SCRIPT)
+        tmp.chmod(0o700)
+        os.replace(tmp, self.askpass)

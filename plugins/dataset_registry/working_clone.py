@@ -1,0 +1,293 @@
+"""The worker's working clone of the registry repository, and what its fetched tags say.
+
+Each worker keeps one clone per (repository, branch) in its work folder, guarded by a flock: only
+this worker's processes use it, so whatever a killed process left (git ``*.lock`` files, a dirty
+tree, a broken ``.git``) is repaired here rather than reported. Remote tags are fetched into a
+private ref namespace, so a stale local tag never misleads. Only a repository with no refs at all
+is "empty" and gets initialized; a missing branch in a non-empty one is an error naming the
+branches that exist (instead of silently starting a new root history away from every tag).
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import re
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from dataset_registry.dvc_store import DVC_REMOTE, parse_dvc_file
+from dataset_registry.gitcmd import CommandError, Runner
+from dataset_registry.names import tag_name, validate_project, validate_version
+from dataset_registry.registry_errors import RegistryError, VersionNotFoundError
+
+log = logging.getLogger(__name__)
+
+TAG_NAMESPACE = "refs/registry-tags"  # remote tags are fetched here, so stale local tags never mislead
+SAFE_GIT = ("-c", "protocol.ext.allow=never")  # before every git command: no ext:: transports
+COMMITTER = ["-c", "user.name=Dataset Registry", "-c", "user.email=dataset-registry@localhost"]
+LOCK_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    project: str
+    version: str
+    tag: str
+    md5: str
+    bytes: int
+    rows: int | None
+    commit: str
+    publish_id: str | None = None  # from the tag message: which run created the tag
+
+
+def tag_message(project: str, version: str, md5: str, rows: int, size: int, created: str, publish_id: str) -> str:
+    """The annotated tag's message (a proposal's commit message is the same): ``name: value`` lines."""
+    return (f"{project}: version {version}\n\nmd5: {md5}\nrows: {rows}\nbytes: {size}\n"
+            f"created: {created}\npublish-id: {publish_id}\n")
+
+
+def message_field(message: str, name: str) -> str | None:
+    """A ``name: value`` line of a tag message written by ``tag_message``."""
+    match = re.search(rf"^{re.escape(name)}: (\S+)$", message, re.M)
+    return match.group(1) if match else None
+
+
+def remote_tag_ref(tag: str) -> str:
+    """Where the working clone keeps the registry's tag ``tag``."""
+    return f"{TAG_NAMESPACE}/{tag}"
+
+
+class WorkingClone:
+    """One worker's clone of the registry repository: locked, repaired, synced, initialized when empty.
+
+    :param clone_dir: the clone's folder (created on first use)
+    :param lock_path: the flock file serializing this worker's processes on the clone
+    :param repo_url: the registry repository, without credentials (it is written to ``.git/config``)
+    :param branch: the registry branch
+    :param remote_url: the DVC remote an empty registry is initialized with
+    :param runner: runs git and DVC in ``clone_dir``
+    """
+
+    def __init__(self, clone_dir: Path, lock_path: Path, repo_url: str, branch: str, remote_url: str,
+                 runner: Runner):
+        self.clone_dir = Path(clone_dir)
+        self.lock_path = Path(lock_path)
+        self.repo_url = repo_url
+        self.branch = branch
+        self.remote_url = remote_url
+        self.runner = runner
+
+    def git(self, *args: str, check: bool = True, what: str | None = None, input_text: str | None = None,
+            env: dict[str, str] | None = None) -> str:
+        """A git command in the clone; its stripped stdout."""
+        return self.runner.git(*SAFE_GIT, *args, check=check, what=what, input_text=input_text, env=env)
+
+    def git_process(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+        """A git command in the clone, for its exit status or its output exactly as printed."""
+        return self.runner.run(["git", *SAFE_GIT, *args], check=check)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One publisher/puller per working clone on this worker (flock dies with the process)."""
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as handle:
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            waited = False
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RegistryError(f"timed out waiting for the working clone lock {self.lock_path}") from None
+                    if not waited:
+                        log.info("waiting for another process using the working clone %s", self.clone_dir)
+                        waited = True
+                    time.sleep(0.2)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def sync(self) -> bool:
+        """Bring the working clone to the registry's current state. Returns whether the branch exists
+        (False only for an empty repository: one with no refs at all).
+
+        A clone left dirty or locked by a killed run is repaired here; one that still fails to fetch
+        or check out after that is re-created from scratch once.
+        """
+        try:
+            return self._sync_once()
+        except CommandError as exc:  # fetch errors (network, auth) are RegistryErrors and pass through
+            log.warning("working clone %s is damaged (%s): re-creating it", self.clone_dir, exc)
+            self._fresh_clone()
+            try:
+                return self._sync_once()
+            except CommandError as again:
+                raise RegistryError(str(again)) from None
+
+    def fetch(self, *refspecs: str) -> None:
+        """The branches, every tag (into the private namespace) and ``refspecs``; pruned, so what the
+        registry deleted disappears here too. Globs, so a branch that does not exist yet (an empty
+        registry) is not an error."""
+        try:
+            self.git("fetch", "-q", "--prune", "--force", "--no-write-fetch-head", "origin",
+                     "+refs/heads/*:refs/remotes/origin/*", f"+refs/tags/*:{TAG_NAMESPACE}/*", *refspecs,
+                     what=f"git fetch from the registry repository {self.repo_url}")
+        except CommandError as exc:
+            raise RegistryError(str(exc)) from None
+
+    def prepare(self) -> None:
+        """Ready to publish on: synced, an empty registry initialized, and a DVC repository."""
+        if not self.sync():
+            self._initialize_registry()
+        if not (self.clone_dir / ".dvc").is_dir():
+            raise RegistryError(
+                f"registry repository {self.repo_url} (branch {self.branch}) has commits "
+                "but no .dvc folder: it is not a DVC repository; point repo_url at a dataset registry"
+            )
+
+    def origin_tip(self) -> str:
+        """The registry branch's commit as last fetched ("" before it exists)."""
+        return self.git("rev-parse", "-q", "--verify", f"refs/remotes/origin/{self.branch}", check=False)
+
+    def _fresh_clone(self) -> None:
+        if self.clone_dir.exists():
+            shutil.rmtree(self.clone_dir)
+        self.clone_dir.mkdir(parents=True)
+        self.git("init", "-q", f"--initial-branch={self.branch}")
+        self.git("config", "remote.origin.url", self.repo_url)
+
+    def _clone_is_healthy(self) -> bool:
+        if not (self.clone_dir / ".git").is_dir():
+            return False
+        try:
+            url = self.git("config", "--get", "remote.origin.url")
+            self.git("rev-parse", "--git-dir")
+        except CommandError:
+            return False
+        return url == self.repo_url
+
+    def _clear_stale_locks(self) -> None:
+        """Remove every git lock file in the clone (index, HEAD, config, packed-refs, any ref under
+        refs/, including the private tag namespace). Only this worker's processes use the clone and
+        we hold its flock, so a lock can only be left by a killed process."""
+        git_dir = self.clone_dir / ".git"
+        candidates = [*git_dir.glob("*.lock"), *(git_dir / "refs").rglob("*.lock")]
+        for stale in candidates:
+            log.warning("removing stale git lock %s left by an interrupted run", stale)
+            stale.unlink(missing_ok=True)
+
+    def _sync_once(self) -> bool:
+        if not self._clone_is_healthy():
+            log.info("creating working clone of the registry in %s", self.clone_dir)
+            self._fresh_clone()
+        self._clear_stale_locks()
+        self.fetch()
+        branch = self.branch
+        exists = bool(self.git("rev-parse", "-q", "--verify", f"refs/remotes/origin/{branch}^{{commit}}", check=False))
+        if exists:
+            self.git("checkout", "-q", "-f", "-B", branch, f"refs/remotes/origin/{branch}")
+            self.git("clean", "-q", "-f", "-d")
+            return True
+        branches = self.git("for-each-ref", "--format=%(refname:lstrip=3)", "refs/remotes/origin/").split()
+        tags = self.git("for-each-ref", "--count=1", "--format=%(refname)", f"{TAG_NAMESPACE}/")
+        if branches or tags:
+            raise RegistryError(
+                f"the registry repository {self.repo_url} has no branch {branch!r} but is not empty "
+                f"(branches: {', '.join(sorted(branches)[:20]) or 'none'}; tags: {'yes' if tags else 'none'}). "
+                "Only a repository without any refs is initialized; set the registry's branch to an existing "
+                "branch, or restore the branch on the registry (tags keep their commits)."
+            )
+        return False
+
+    def _initialize_registry(self) -> None:
+        """First publish into an empty repository: DVC set up, one commit (not pushed on its own)."""
+        log.info("registry repository %s is empty: initializing it for DVC", self.repo_url)
+        self._fresh_clone()
+        self.runner.dvc("init", "-q", what="dvc init")
+        (self.clone_dir / ".dvc" / "config").write_text(
+            "[core]\n"
+            f"    remote = {DVC_REMOTE}\n"
+            f"['remote \"{DVC_REMOTE}\"']\n"
+            f"    url = {self.remote_url}\n"
+        )
+        (self.clone_dir / "README.md").write_text(
+            "# Dataset registry\n\nOne folder per project (`<project>/<file>.dvc`), one tag per version "
+            "(`<project>/<version>`).\nTo get a version: `git checkout <project>/<version> && dvc pull`.\n"
+        )
+        self.git("add", "-A")
+        self.git(*COMMITTER, "commit", "-q", "-m", "Initialize dataset registry")
+
+
+class RegistryVersions:
+    """What the working clone's fetched tags say: one version's metadata, or every version, newest first.
+
+    :param clone: the working clone (fetched by whoever holds its lock)
+    """
+
+    def __init__(self, clone: WorkingClone):
+        self.clone = clone
+
+    def tag_info(self, project: str, output: str, version: str) -> VersionInfo | None:
+        """The version's metadata from its tag, or None when the registry has no such tag."""
+        tag = tag_name(project, version)
+        ref = remote_tag_ref(tag)
+        commit = self.clone.git("rev-parse", "-q", "--verify", f"{ref}^{{commit}}", check=False)
+        if not commit:
+            return None
+        dvc_path = f"{project}/{output}.dvc"
+        try:
+            text = self.clone.git("show", f"{commit}:{dvc_path}")
+        except CommandError:
+            raise RegistryError(f"tag {tag} exists but has no {dvc_path}: was the project's output file renamed?") from None
+        md5, size = parse_dvc_file(text)
+        message = self.clone.git("for-each-ref", "--format=%(contents)", ref)
+        rows = message_field(message, "rows")
+        return VersionInfo(project, version, tag, md5, size, int(rows) if rows and rows.isdigit() else None, commit,
+                           publish_id=message_field(message, "publish-id"))
+
+    def list_versions(self, project: str) -> list[str]:
+        """Versions of a project on the registry remote, newest first.
+
+        "Newest" is the order in which versions landed: first by the position of the tagged commit
+        on the branch (a later commit is newer; the branch is the one serialization point all
+        workers agree on), then, for versions on the same commit (unchanged data), by the
+        microsecond ``created`` time in the tag message, then the tag's own date, then the name.
+        Tags whose commit is not on the branch (made by hand) come after, by date.
+        """
+        validate_project(project)
+        prefix = f"{TAG_NAMESPACE}/{project}/"
+        out = self.clone.git("for-each-ref", "--format=%(refname)%00%(*objectname)%00%(objectname)"
+                             "%00%(creatordate:unix)%00%(contents)%01", prefix)
+        branch = self.clone.git("rev-list", "--first-parent", f"refs/remotes/origin/{self.clone.branch}", check=False)
+        position = {sha: i for i, sha in enumerate(reversed(branch.split()))}  # oldest commit = 0
+        keyed = []
+        for record in out.split("\x01"):
+            fields = record.strip("\n").split("\x00")
+            if len(fields) != 5 or not fields[0].startswith(prefix):
+                continue
+            ref, peeled, direct, date, message = fields
+            commit = peeled or direct
+            created = message_field(message, "created") or ""
+            keyed.append(((position.get(commit, -1), created, int(date or 0), ref[len(prefix):]), ref[len(prefix):]))
+        return [name for _, name in sorted(keyed, reverse=True)]
+
+    def resolve(self, project: str, output: str, version: str | None) -> VersionInfo:
+        """The version's metadata; ``version=None`` means the newest. Unknown -> lists what exists."""
+        available = self.list_versions(project)
+        if version is None:
+            if not available:
+                raise VersionNotFoundError(f"project {project} has no published version in the registry yet")
+            version = available[0]
+        info = self.tag_info(project, output, validate_version(version))
+        if info is None:
+            newest = ", ".join(available[:10]) or "none"
+            raise VersionNotFoundError(f"version {version!r} of project {project} does not exist (tag {project}/{version}); "
+                                       f"newest available: {newest}")
+        return info
