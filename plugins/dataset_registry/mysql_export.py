@@ -28,11 +28,11 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from dataset_registry import csv_format, sql_guard
+from dataset_registry import csv_format, mysql_types, sql_guard
 from dataset_registry.disk import disk_problem
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class ExportResult:
     md5: str
     columns: list[str]
     seconds: float
+    column_types: list[str] = field(default_factory=list)  # MySQL type per query column
 
 
 def _text_converters() -> dict:
@@ -235,6 +236,7 @@ def export_query(
         if cursor.description is None:
             raise ExportError("the query returned no result set (is it a SELECT?)", retryable=False)
         columns = [d[0] for d in cursor.description]
+        column_types = mysql_types.type_names(cursor.description, _field_flags(cursor))
         plain = [d[1] in _PLAIN_TYPES for d in cursor.description]
         formatter = csv_format.compile_row_formatter(plain)
         chunk_to_text = _preprocessing_writer(preprocess, columns) if preprocess else None
@@ -308,7 +310,17 @@ def export_query(
             pass
     elapsed = time.monotonic() - started
     log.info("export done: %d rows written (%d read), %.1f MB in %.1f s", rows, read, size / 1e6, elapsed)
-    return ExportResult(path=dest, rows=rows, bytes=size, md5=md5.hexdigest(), columns=columns, seconds=elapsed)
+    return ExportResult(path=dest, rows=rows, bytes=size, md5=md5.hexdigest(), columns=columns, seconds=elapsed,
+                        column_types=column_types)
+
+
+def _field_flags(cursor) -> list[int] | None:
+    """The result's column flags (BINARY tells BLOB from TEXT); None where the driver hides them."""
+    result = getattr(cursor, "_result", None)
+    try:
+        return list(result.field_flags()) if result is not None else None
+    except Exception:  # noqa: BLE001 - only the type names get coarser
+        return None
 
 
 def callable_name(fn: Callable) -> str:
