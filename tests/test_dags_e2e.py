@@ -107,3 +107,37 @@ def test_train_with_unknown_version_lists_what_exists(tmp_path, shop, registry):
     assert proc.returncode != 0
     assert "newest available: v20240502T000000" in proc.stdout + proc.stderr
     assert model_db_rows(shop, "SELECT count(*) FROM experiments") == [(0,)]
+
+
+def rendered_fields(env, dag_id: str, task_id: str) -> dict:
+    """The newest Rendered Template record of a task, as the UI's Rendered Template tab shows it."""
+    import os
+    import sqlite3
+
+    db = Path(env.get("AIRFLOW_HOME") or os.environ["AIRFLOW_HOME"]) / "airflow.db"
+    with sqlite3.connect(db) as conn:
+        row = conn.execute(
+            "SELECT rendered_fields FROM rendered_task_instance_fields WHERE dag_id = ? AND task_id = ? "
+            "ORDER BY rowid DESC LIMIT 1", (dag_id, task_id)).fetchone()
+    assert row, f"no rendered fields for {dag_id}.{task_id}"
+    return json.loads(row[0])
+
+
+def test_sql_file_query_is_resolved_and_the_sql_that_ran_is_in_rendered_template(tmp_path, shop, registry):
+    """query: a .sql path (Airflow's template_ext) relative to the YAML; the Rendered Template tab then
+    shows the exact SQL for the effective window (the trigger params' window, not the run's interval)."""
+    import yaml
+
+    yaml_file = Path(shop["DATASET_PROJECTS_DIR"]) / "shop.yaml"
+    config = yaml.safe_load(yaml_file.read_text())
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "shop.sql").write_text(config["query"])
+    config["query"] = "../sql/shop.sql"
+    yaml_file.write_text(yaml.safe_dump(config))
+
+    proc = dags_test(shop, {"version": "from-file", "start": "2024-05-02T00:00:00Z", "end": "2024-05-03T00:00:00Z"}, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert registry.tags() == ["shop/from-file"]
+    shown = rendered_fields(shop, "version_shop", "publish_version")["query"]
+    assert "at >= '2024-05-02 00:00:00' AND at < '2024-05-03 00:00:00'" in shown, shown
+    assert "{{" not in shown and "../sql" not in shown

@@ -81,6 +81,7 @@ def build_version_dag(cfg: ProjectConfig) -> DAG:
         catchup=cfg.catchup,
         max_active_runs=1,
         auto_register=False,  # registered by name below, only once fully built and validated
+        template_searchpath=[str(cfg.include_root)],  # a .sql query is resolved from here
         params=_params(),
         tags=["dataset-versioning", cfg.project, *cfg.tags],
         doc_md=_doc(cfg),
@@ -95,8 +96,7 @@ def build_version_dag(cfg: ProjectConfig) -> DAG:
             task_id="publish_version",
             project=cfg.project,
             output_file=cfg.output,
-            query=cfg.query,
-            query_file=str(cfg.query_path) if cfg.query_path else None,
+            query=cfg.query_template_ref,
             version="{{ params.version or '' }}",
             start="{{ params.start or '' }}",
             end="{{ params.end or '' }}",
@@ -109,10 +109,9 @@ def build_version_dag(cfg: ProjectConfig) -> DAG:
             registry_conn_id=cfg.registry_conn_id,
             outlets=[asset_for(cfg.project)],
         )
-        record = RecordDatasetVersionOperator(
-            task_id="record_version", publish_task_id="publish_version", model_db_conn_id=cfg.model_db_conn_id,
+        RecordDatasetVersionOperator(
+            task_id="record_version", published=publish.output, model_db_conn_id=cfg.model_db_conn_id,
         )
-        publish >> record
     return dag
 
 

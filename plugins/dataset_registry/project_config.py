@@ -19,6 +19,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dataset_registry.connection_ids import MODEL_DB_CONN_ID, MYSQL_CONN_ID, REGISTRY_CONN_ID
 from dataset_registry.names import InvalidNameError, validate_output, validate_project, validate_version
 from dataset_registry.user_code import UserCodeError, resolve_user_callable_file
 
@@ -38,9 +39,9 @@ OPTIONAL_KEYS: dict[str, Any] = {
     "publish_timeout": None,  # seconds a push may keep losing races to other publishers (null: the connection's)
     "tags": (),
     "owner": "data",
-    "mysql_conn_id": "mysql_raw",
-    "registry_conn_id": "dvc_registry",
-    "model_db_conn_id": "model_db",
+    "mysql_conn_id": MYSQL_CONN_ID,
+    "registry_conn_id": REGISTRY_CONN_ID,
+    "model_db_conn_id": MODEL_DB_CONN_ID,
     "train": None,  # "module:function" for train_<project>
     "model_name": None,  # model name in the model DB (default <project>_model)
 }
@@ -119,14 +120,13 @@ class ProjectConfig:
         """Where this project's SQL and callables live: the projects folder's parent."""
         return include_root_of(self.source_file)
 
-    def load_query(self) -> str:
-        """The SQL template text (reads the .sql file at run time, not at DAG parse time)."""
+    @property
+    def query_template_ref(self) -> str:
+        """What the operator's ``query`` field gets: the inline SQL, or the .sql path relative to the
+        include root (the DAG's ``template_searchpath``), which Airflow resolves like any ``.sql`` field."""
         if self.query_path is None:
             return self.query
-        try:
-            return self.query_path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ProjectConfigError(f"key 'query': cannot read {self.query_path}: {exc}", self.source_file) from exc
+        return self.query_path.relative_to(self.include_root.resolve()).as_posix()
 
 
 def projects_dir() -> Path:

@@ -1,4 +1,6 @@
-"""The effective time window of a run: trigger params ``start``/``end`` win over the data interval."""
+"""The effective time window of a run: explicit ``start``/``end`` bounds win over the scheduled interval.
+
+(The operator feeds its trigger params in as the bounds and adds that context to the errors.)"""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -33,13 +35,13 @@ def parse_bound(name: str, value: object) -> datetime | None:
     if isinstance(value, datetime):
         return value
     if not isinstance(value, str) or len(value) > 64:
-        raise WindowError(f"trigger param {name!r}: expected an ISO datetime such as 2024-01-31T00:00:00Z, got {value!r:.80}")
+        raise WindowError(f"window bound {name!r}: expected an ISO datetime such as 2024-01-31T00:00:00Z, got {value!r:.80}")
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
     try:
         return datetime.fromisoformat(text)
     except ValueError:
         raise WindowError(
-            f"trigger param {name!r}: {value!r} is not an ISO datetime (use e.g. 2024-01-31T00:00:00Z)"
+            f"window bound {name!r}: {value!r} is not an ISO datetime (use e.g. 2024-01-31T00:00:00Z)"
         ) from None
 
 
@@ -48,7 +50,7 @@ def effective_window(start_param, end_param, interval_start, interval_end) -> tu
     end = parse_bound("end", end_param) or interval_end
     if start is None or end is None:
         raise WindowError(
-            "this run has no data interval (manual run of an unscheduled DAG): give both trigger params "
+            "no window: there is no scheduled interval (a manual run of an unscheduled project), so give both "
             "'start' and 'end' (ISO datetimes, the window is [start, end))"
         )
     start, end = SqlDateTime.of(start), SqlDateTime.of(end)

@@ -8,11 +8,13 @@ other (Celery, Kubernetes, ...) each worker would write its own private file, so
 """
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
+from dataset_registry.connection_ids import MODEL_DB_CONN_ID
 from dataset_registry.model_db import ModelDB, ModelDbError
 from dataset_registry.paths import worker_path
 
@@ -44,15 +46,20 @@ def distributed_executors(executors: list[str]) -> list[str]:
 
 
 class ModelDbHook(BaseHook):
+    """The model DB (projects, models, experiments, dataset_versions).
+
+    :param model_db_conn_id: a ``postgres`` or ``sqlite`` connection; default ``model_db`` (missing:
+        the embedded SQLite file on single-machine executors, see the module docstring).
+    """
+
     conn_name_attr = "model_db_conn_id"
-    default_conn_name = "model_db"
+    default_conn_name = MODEL_DB_CONN_ID
     conn_type = "postgres"
     hook_name = "Model DB"
 
     def __init__(self, model_db_conn_id: str = default_conn_name, **kwargs):
         super().__init__(**kwargs)
         self.model_db_conn_id = model_db_conn_id
-        self._db: ModelDB | None = None
 
     def sqlalchemy_url(self):
         import sqlalchemy as sa
@@ -87,7 +94,10 @@ class ModelDbHook(BaseHook):
             )
         raise ModelDbError(f"connection {self.model_db_conn_id!r}: type {conn.conn_type!r} is not supported (postgres or sqlite)")
 
+    @cached_property
+    def db(self) -> ModelDB:
+        return ModelDB(self.sqlalchemy_url())
+
     def get_conn(self) -> ModelDB:
-        if self._db is None:
-            self._db = ModelDB(self.sqlalchemy_url())
-        return self._db
+        """The ModelDB for this connection (built once per hook)."""
+        return self.db

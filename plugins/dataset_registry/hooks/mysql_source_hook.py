@@ -14,10 +14,17 @@ from typing import Any
 
 from airflow.providers.mysql.hooks.mysql import MySqlHook
 
+from dataset_registry.connection_ids import MYSQL_CONN_ID
+
 
 class MySqlSourceHook(MySqlHook):
+    """The raw-data source, read-only and streamed (see ``mysql_export``).
+
+    :param mysql_conn_id: a ``mysql`` connection; default ``mysql_raw``.
+    """
+
     conn_name_attr = "mysql_conn_id"
-    default_conn_name = "mysql_raw"
+    default_conn_name = MYSQL_CONN_ID
     conn_type = "mysql"
     hook_name = "MySQL raw-data source"
 

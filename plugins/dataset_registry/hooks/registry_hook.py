@@ -1,14 +1,34 @@
-"""RegistryHook: the ``dvc_registry`` connection -> a RegistryClient (git + DVC)."""
+"""DvcRegistryHook: a ``dvc_registry`` connection -> a RegistryClient (git + DVC).
+
+The connection type ``dvc_registry`` has a form (declared in ``get_provider_info``): labelled fields
+for the repository and remote URLs, branch, SSH user/password, key and known_hosts files, the
+host-key switch, the worker directory and the publish timeout. Connections made as ``generic`` with
+the same keys in the JSON extra keep working. An extra key the form does not know is refused, naming
+the key (a misspelled ``no_host_key_checks`` must not silently turn into "check host keys").
+"""
 from __future__ import annotations
 
+import difflib
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowFailException
 
+from dataset_registry.connection_ids import REGISTRY_CONN_ID
+from dataset_registry.get_provider_info import REGISTRY_CONN_FIELDS
 from dataset_registry.paths import worker_path
 from dataset_registry.registry import DEFAULT_PUBLISH_TIMEOUT, RegistryClient, RegistryError, RegistrySettings
 
+CONN_TYPE = "dvc_registry"
+ACCEPTED_CONN_TYPES = (CONN_TYPE, "generic")
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class RegistryConnectionError(RegistryError, AirflowFailException):
+    """The connection itself is wrong (unknown key, bad value, wrong type): retrying cannot help."""
 
 
 def default_work_dir() -> Path:
@@ -16,48 +36,88 @@ def default_work_dir() -> Path:
     return worker_path("DATASET_WORK_DIR", "dataset-registry")
 
 
-def _seconds(value, default: float) -> float:
-    if value in (None, ""):
-        return default
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise RegistryError(f"dvc_registry connection: extra.publish_timeout {value!r} is not a number of seconds") from None
+class DvcRegistryHook(BaseHook):
+    """Interact with the dataset registry: a git repository of DVC files plus one DVC remote.
 
-
-class RegistryHook(BaseHook):
-    """Reads ``extra.repo_url``, ``extra.remote_url``, ``login``/``password``, ``extra.key_file``,
-    ``extra.known_hosts``, ``extra.branch``, ``extra.no_host_key_check``, ``extra.work_dir`` and
-    ``extra.publish_timeout`` (seconds, default 900)."""
+    :param registry_conn_id: the ``dvc_registry`` (or ``generic``) connection; default ``dvc_registry``.
+    """
 
     conn_name_attr = "registry_conn_id"
-    default_conn_name = "dvc_registry"
-    conn_type = "generic"
+    default_conn_name = REGISTRY_CONN_ID
+    conn_type = CONN_TYPE
     hook_name = "DVC dataset registry"
 
-    def __init__(self, registry_conn_id: str = default_conn_name, **kwargs):
+    def __init__(self, registry_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.registry_conn_id = registry_conn_id
-        self._client: RegistryClient | None = None
 
+    def _error(self, message: str) -> RegistryConnectionError:
+        return RegistryConnectionError(f"connection {self.registry_conn_id!r}: {message}")
+
+    def _extra(self, conn) -> dict[str, Any]:
+        """The extra with the form's keys only (``extra__dvc_registry__<key>`` accepted as ``<key>``)."""
+        extra = conn.extra_dejson
+        if not isinstance(extra, dict):
+            raise self._error("the extra must be a JSON object")
+        values: dict[str, Any] = {}
+        for key, value in extra.items():
+            name = key.removeprefix(f"extra__{CONN_TYPE}__")
+            if name not in REGISTRY_CONN_FIELDS:
+                close = difflib.get_close_matches(name, REGISTRY_CONN_FIELDS, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise self._error(
+                    f"unknown extra key {key!r}: {hint}the keys are {', '.join(REGISTRY_CONN_FIELDS)}")
+            if value is not None and value != "":  # the form sends empty fields as null or ""
+                values[name] = value
+        return values
+
+    def _flag(self, name: str, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE | _FALSE:
+            return text in _TRUE
+        raise self._error(f"extra.{name} {value!r} is not true or false")
+
+    def _seconds(self, name: str, value: Any) -> float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise self._error(f"extra.{name} {value!r} is not a number of seconds") from None
+
+    @cached_property
     def settings(self) -> RegistrySettings:
+        """The connection as RegistrySettings; every problem is a RegistryConnectionError naming it."""
         conn = self.get_connection(self.registry_conn_id)
-        extra = conn.extra_dejson or {}
-        no_check = str(extra.get("no_host_key_check", "false")).lower() in _TRUE
-        return RegistrySettings(
-            repo_url=str(extra.get("repo_url", "")),
-            remote_url=str(extra.get("remote_url", "")),
-            work_dir=Path(extra.get("work_dir") or default_work_dir()),
-            branch=str(extra.get("branch") or "main"),
-            ssh_user=conn.login or None,
-            ssh_password=conn.password or None,
-            key_file=extra.get("key_file") or None,
-            known_hosts=extra.get("known_hosts") or None,
-            check_host_keys=not no_check,
-            publish_timeout=_seconds(extra.get("publish_timeout"), DEFAULT_PUBLISH_TIMEOUT),
-        )
+        if conn.conn_type not in ACCEPTED_CONN_TYPES:
+            raise self._error(f"type {conn.conn_type!r} is not a registry connection: make it "
+                              f"{CONN_TYPE!r} (or 'generic' with the JSON extra)")
+        extra = self._extra(conn)
+        for name in ("repo_url", "remote_url"):
+            if not str(extra.get(name, "")).strip():
+                raise self._error(f"extra.{name} is required (see the README's connection section)")
+        try:
+            return RegistrySettings(
+                repo_url=str(extra["repo_url"]),
+                remote_url=str(extra["remote_url"]),
+                work_dir=Path(extra.get("work_dir") or default_work_dir()),
+                branch=str(extra.get("branch") or "main"),
+                ssh_user=conn.login or None,
+                ssh_password=conn.password or None,
+                key_file=extra.get("key_file"),
+                known_hosts=extra.get("known_hosts"),
+                check_host_keys=not self._flag("no_host_key_check", extra.get("no_host_key_check", False)),
+                publish_timeout=self._seconds("publish_timeout",
+                                              extra.get("publish_timeout", DEFAULT_PUBLISH_TIMEOUT)),
+            )
+        except RegistryError as exc:
+            hint = "; set extra.work_dir or DATASET_WORK_DIR to one" if "setting work_dir" in str(exc) else ""
+            raise self._error(f"{exc}{hint}") from None
+
+    @cached_property
+    def client(self) -> RegistryClient:
+        return RegistryClient(self.settings)
 
     def get_conn(self) -> RegistryClient:
-        if self._client is None:
-            self._client = RegistryClient(self.settings())
-        return self._client
+        """The RegistryClient for this connection (built once per hook; it does no I/O until used)."""
+        return self.client

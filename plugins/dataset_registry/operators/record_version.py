@@ -1,31 +1,49 @@
-"""RecordDatasetVersionOperator: write the published version (the publish task's XCom) to the
-model DB's ``dataset_versions``. Idempotent: a rerun finds the row and changes nothing."""
+"""RecordDatasetVersionOperator: write a published version to the model DB's ``dataset_versions``.
+
+It receives the publish task's result through its output (``published=publish.output``), so the
+dependency is the data itself, not a task-id string. Idempotent: a rerun finds the row and changes nothing.
+"""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from dataset_registry.connection_ids import MODEL_DB_CONN_ID
+from dataset_registry.operators.lazy_hooks import MODEL_DB_HOOK, inject_hooks, lazy_hook
+
+if TYPE_CHECKING:
+    from dataset_registry.hooks.model_db_hook import ModelDbHook
+
+RECORD_KEYS = ("project", "version", "tag", "md5", "rows", "bytes", "commit")
 
 
 class RecordDatasetVersionOperator(BaseOperator):
-    template_fields: Sequence[str] = ("publish_task_id",)
+    """Record one published version (``project``, ``version``, ``tag``, ``md5``, ``rows``, ``bytes``, ``commit``).
+
+    :param published: the publish result, usually ``VersionDatasetOperator(...).output``. (templated)
+    :param model_db_conn_id: the model DB connection; default ``model_db``.
+    :param model_db_hook: an already built ModelDbHook to use instead of ``model_db_conn_id``.
+    """
+
+    template_fields: Sequence[str] = ("published",)
     ui_color = "#e8f8f5"
 
-    def __init__(self, *, publish_task_id: str = "publish_version", model_db_conn_id: str = "model_db", **kwargs: Any):
+    def __init__(self, *, published: Any, model_db_conn_id: str = MODEL_DB_CONN_ID,
+                 model_db_hook: ModelDbHook | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        self.publish_task_id = publish_task_id
+        self.published = published
         self.model_db_conn_id = model_db_conn_id
+        inject_hooks(self, model_db_hook=model_db_hook)
+
+    model_db_hook = lazy_hook(MODEL_DB_HOOK, "model_db_conn_id")
 
     def execute(self, context) -> int:
-        from dataset_registry.hooks.model_db_hook import ModelDbHook
-
-        event = context["ti"].xcom_pull(task_ids=self.publish_task_id)
-        if not event:
-            raise ValueError(f"task {self.publish_task_id!r} returned nothing to record")
-        db = ModelDbHook(self.model_db_conn_id).get_conn()
-        row_id = db.record_dataset_version(
-            project=event["project"], version=event["version"], tag=event["tag"], md5=event["md5"],
-            rows=event["rows"], bytes=event["bytes"], commit=event["commit"],
-        )
+        event = self.published
+        missing = [k for k in RECORD_KEYS if not isinstance(event, dict) or k not in event]
+        if missing:
+            raise AirflowFailException(f"the publish result lacks {', '.join(missing)}: got {event!r:.300}")
+        row_id = self.model_db_hook.get_conn().record_dataset_version(**{k: event[k] for k in RECORD_KEYS})
         self.log.info("dataset_versions row %s records %s (md5 %s)", row_id, event["tag"], event["md5"])
         return row_id

@@ -19,14 +19,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from dataset_registry.connection_ids import MODEL_DB_CONN_ID, REGISTRY_CONN_ID
+from dataset_registry.operators.lazy_hooks import MODEL_DB_HOOK, REGISTRY_HOOK, inject_hooks, lazy_hook
 from dataset_registry.names import VERSION_RULE, InvalidNameError, validate_output
 from dataset_registry.operators.pull_dataset import pull_version, run_scoped_dir
 from dataset_registry.paths import worker_path
+
+if TYPE_CHECKING:
+    from dataset_registry.hooks.model_db_hook import ModelDbHook
+    from dataset_registry.hooks.registry_hook import DvcRegistryHook
 
 DEFAULT_TRAIN = "dataset_registry.profile:profile"
 STALE_RUN_DATA_SECONDS = 86400
@@ -52,12 +58,29 @@ def data_root() -> Path:
 
 
 class TrainModelOperator(BaseOperator):
+    """Pull a version of ``project`` (param > triggering Asset event > newest), train, record the experiment.
+
+    :param project: project name. (templated)
+    :param output_file: the CSV file name of the project. (templated)
+    :param asset_uri: the project's Asset URI; the triggering event must be for it.
+    :param version: version to train on; empty: the triggering event's, else the newest. (templated)
+    :param train_callable: ``module:function`` under ``include_path``; None: the built-in profile.
+    :param include_path: the include folder that ``train_callable`` must live in.
+    :param model_name: model name in the model DB (default ``<project>_model``).
+    :param registry_conn_id: the registry connection; default ``dvc_registry``.
+    :param model_db_conn_id: the model DB connection; default ``model_db``.
+    :param registry_hook: an already built DvcRegistryHook to use instead of ``registry_conn_id``.
+    :param model_db_hook: an already built ModelDbHook to use instead of ``model_db_conn_id``.
+    """
+
     template_fields: Sequence[str] = ("project", "output_file", "version")
     ui_color = "#fdebd0"
 
     def __init__(self, *, project: str, output_file: str, asset_uri: str, version: str = "",
                  train_callable: str | None = None, include_path: str | None = None, model_name: str | None = None,
-                 registry_conn_id: str = "dvc_registry", model_db_conn_id: str = "model_db", **kwargs: Any):
+                 registry_conn_id: str = REGISTRY_CONN_ID, model_db_conn_id: str = MODEL_DB_CONN_ID,
+                 registry_hook: DvcRegistryHook | None = None, model_db_hook: ModelDbHook | None = None,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.project = project
         self.output_file = output_file
@@ -69,6 +92,11 @@ class TrainModelOperator(BaseOperator):
         self.model_name = model_name
         self.registry_conn_id = registry_conn_id
         self.model_db_conn_id = model_db_conn_id
+        inject_hooks(self, registry_hook=registry_hook, model_db_hook=model_db_hook)
+        self._lineage: dict[str, Any] | None = None
+
+    registry_hook = lazy_hook(REGISTRY_HOOK, "registry_conn_id")
+    model_db_hook = lazy_hook(MODEL_DB_HOOK, "model_db_conn_id")
 
     def _version_from_events(self, context) -> str | None:
         events = []
@@ -135,13 +163,16 @@ class TrainModelOperator(BaseOperator):
             data_file.with_name(data_file.name + ".partial").unlink(missing_ok=True)
 
     def _pull_and_train(self, context, train, version, source, work: Path, dag_id: str, run_id: str) -> dict:
-        from dataset_registry.hooks.model_db_hook import ModelDbHook
+        from dataset_registry.registry import split_url_credentials
 
-        pulled = pull_version(self.registry_conn_id, self.project, self.output_file, version, work)
+        pulled = pull_version(self.registry_hook, self.project, self.output_file, version, work)
+        self._lineage = {"registry_url": split_url_credentials(self.registry_hook.settings.repo_url)[0],
+                         "pulled": {k: v for k, v in pulled.items() if k not in ("path", "downloaded")}
+                                   | {"output": self.output_file}}
         self.log.info("training on %s (from %s), md5 %s, %s", pulled["tag"], source, pulled["md5"],
                       "downloaded" if pulled["downloaded"] else "from the local DVC cache")
 
-        db = ModelDbHook(self.model_db_conn_id).get_conn()
+        db = self.model_db_hook.get_conn()
         db.record_dataset_version(project=pulled["project"], version=pulled["version"], tag=pulled["tag"],
                                   md5=pulled["md5"], rows=pulled["rows"], bytes=pulled["bytes"], commit=pulled["commit"])
         project_id = db.get_or_create_project(self.project)
@@ -175,3 +206,13 @@ class TrainModelOperator(BaseOperator):
                    "evaluations": row["evaluations"], "version_source": source}
         self.log.info("experiment %s: %s", experiment_id, summary)
         return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        """Input: the dataset version trained on (see ``lineage``)."""
+        from dataset_registry.lineage import train_lineage
+
+        if self._lineage is None:  # failed before anything was pulled
+            from airflow.providers.openlineage.extractors import OperatorLineage
+
+            return OperatorLineage()
+        return train_lineage(**self._lineage)

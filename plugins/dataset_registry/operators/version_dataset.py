@@ -2,39 +2,74 @@
 
 Export and publish run in one task on purpose: the CSV never has to cross workers, so the DAG runs
 unchanged on Celery/Kubernetes. Heavy modules (MySQLdb, pandas, dvc) are imported in ``execute``.
+
+The query is a template field (``.sql`` files resolved through the DAG's ``template_searchpath``,
+shown as SQL in the UI), but it is not rendered with Airflow's task context: a project YAML is
+untrusted input and the context holds ``conn`` and ``var``. It is rendered in a sandbox that sees
+only the effective window (``data_interval_start``/``data_interval_end``: the trigger params
+``start``/``end`` when given, else the run's data interval), ``params`` and the filters
+``ds``/``ts``/..., and the SQL that ran is written back to the Rendered Template tab after the run.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from dataset_registry.connection_ids import MYSQL_CONN_ID, REGISTRY_CONN_ID
+from dataset_registry.operators.lazy_hooks import MYSQL_HOOK, REGISTRY_HOOK, inject_hooks, lazy_hook
 from dataset_registry.names import VERSION_RULE, InvalidNameError, validate_output, validate_project, validate_version
 from dataset_registry.project_config import DEFAULT_VERSION_TEMPLATE
 from dataset_registry.window import TemplateError, WindowError, effective_window, render_window_template
+
+if TYPE_CHECKING:
+    from dataset_registry.hooks.mysql_source_hook import MySqlSourceHook
+    from dataset_registry.hooks.registry_hook import DvcRegistryHook
+
+SQL_EXTENSIONS = (".sql",)
+
+
+def csv_header(path) -> list[str]:
+    """The column names of a published CSV (its first record)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle), [])
 
 
 class VersionDatasetOperator(BaseOperator):
     """Export the project's query for the effective window and publish it as ``<project>/<version>``.
 
-    :param version: explicit version (trigger param), used exactly as given (never stripped: "v1\n"
-        and "None" are refused with the version rule); empty -> ``version_template`` rendered with the
-        effective window as ``data_interval_start``/``data_interval_end``.
-    :param preprocess: ``module:function`` under the include folder (``preprocess_path``), loaded
-        before anything runs: a load error, or an exception raised inside it, fails the task at once.
+    Failure model: a refused query, a SQL error, a read-only violation, a broken preprocess, a bad
+    connection or a version conflict fail without retry (AirflowFailException); connection loss and
+    other transient server errors raise and are retried by Airflow. No rows: skipped, nothing published.
 
-    Failure model: a refused query, a SQL error, a read-only violation, a broken preprocess or a
-    version conflict fail without retry (AirflowFailException); connection loss and other transient
-    server errors raise and are retried by Airflow.
-    :param start, end: ISO datetimes overriding the data interval (trigger params).
-    :param query: SQL template (Jinja, rendered with the effective window); or ``query_file``.
-    :param publish_timeout: seconds the push may keep losing races to other publishers (default:
-        the registry connection's ``publish_timeout``, 900).
+    :param project: project name, the registry folder and the tag prefix. (templated)
+    :param output_file: CSV file name inside the project's folder, e.g. ``train.csv``. (templated)
+    :param query: the SQL, inline or a ``.sql`` path relative to the DAG's ``template_searchpath``;
+        rendered with the effective window only (see the module docstring). (templated, SQL)
+    :param version: explicit version, used exactly as given (never stripped: "v1\\n" and "None" are
+        refused with the version rule); empty -> ``version_template``. (templated)
+    :param start: ISO datetime overriding the data interval start. (templated)
+    :param end: ISO datetime overriding the data interval end. (templated)
+    :param version_template: Jinja template of the version name, rendered like the query.
+    :param preprocess: ``module:function`` under ``preprocess_path`` (DataFrame chunk -> DataFrame
+        chunk), loaded before anything runs: a load error, or an exception inside it, fails at once.
+    :param preprocess_path: the include folder that ``preprocess`` must live in.
+    :param query_timeout: server-side statement timeout in seconds (None: the server's).
+    :param publish_timeout: seconds the push may keep losing races to other publishers (None: the
+        registry connection's ``publish_timeout``, 900).
+    :param mysql_conn_id: the raw-data source connection (``mysql``); default ``mysql_raw``.
+    :param registry_conn_id: the registry connection (``dvc_registry``); default ``dvc_registry``.
+    :param mysql_hook: an already built MySqlSourceHook to use instead of ``mysql_conn_id``.
+    :param registry_hook: an already built DvcRegistryHook to use instead of ``registry_conn_id``.
     """
 
-    template_fields: Sequence[str] = ("project", "output_file", "version", "start", "end")
+    template_fields: Sequence[str] = ("project", "output_file", "version", "start", "end", "query")
+    template_ext: Sequence[str] = SQL_EXTENSIONS
+    template_fields_renderers = {"query": "sql"}
+    overwrite_rtif_after_execution = True  # the Rendered Template tab shows the SQL that ran
     ui_color = "#d6eaf8"
 
     def __init__(
@@ -42,8 +77,7 @@ class VersionDatasetOperator(BaseOperator):
         *,
         project: str,
         output_file: str,
-        query: str = "",
-        query_file: str | None = None,
+        query: str,
         version: str = "",
         start: str = "",
         end: str = "",
@@ -52,15 +86,16 @@ class VersionDatasetOperator(BaseOperator):
         preprocess_path: str | None = None,
         query_timeout: int | None = None,
         publish_timeout: int | None = None,
-        mysql_conn_id: str = "mysql_raw",
-        registry_conn_id: str = "dvc_registry",
+        mysql_conn_id: str = MYSQL_CONN_ID,
+        registry_conn_id: str = REGISTRY_CONN_ID,
+        mysql_hook: MySqlSourceHook | None = None,
+        registry_hook: DvcRegistryHook | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.project = project
         self.output_file = output_file
         self.query = query
-        self.query_file = query_file
         self.version = version
         self.start = start
         self.end = end
@@ -71,9 +106,21 @@ class VersionDatasetOperator(BaseOperator):
         self.publish_timeout = publish_timeout
         self.mysql_conn_id = mysql_conn_id
         self.registry_conn_id = registry_conn_id
+        inject_hooks(self, mysql_hook=mysql_hook, registry_hook=registry_hook)
+        self._lineage: dict[str, Any] | None = None
 
-    @staticmethod
-    def _render_with_window(text: str, context, start, end, what: str) -> str:
+    mysql_hook = lazy_hook(MYSQL_HOOK, "mysql_conn_id")
+    registry_hook = lazy_hook(REGISTRY_HOOK, "registry_conn_id")
+
+    def render_template_fields(self, context, jinja_env=None) -> None:
+        """Airflow renders every template field but the query; ``execute`` renders the query in the
+        window-only sandbox (the context's ``conn``/``var`` must never reach untrusted SQL)."""
+        if not jinja_env:
+            jinja_env = self.get_template_env()
+        fields = [name for name in self.template_fields if name != "query"]
+        self._do_render_template_fields(self, fields, context, jinja_env, set())
+
+    def _render_with_window(self, text: str, context, start, end, what: str) -> str:
         """Only the window and the trigger params: see ``window.render_window_template``."""
         params = context.get("params") or {}
         return render_window_template(text, start, end, dict(params), what=what).strip()
@@ -91,11 +138,31 @@ class VersionDatasetOperator(BaseOperator):
         except UserCodeError as exc:
             raise AirflowFailException(f"cannot load preprocess: {exc}") from None
 
+    def _version(self, context, start, end) -> str:
+        version = "" if self.version is None else self.version  # never stripped: "v1\n" is not "v1"
+        if version == "":
+            version = self._render_with_window(self.version_template, context, start, end, "version_template")
+        elif version == "None":
+            raise InvalidNameError(
+                f"invalid version 'None': it must match {VERSION_RULE}, and 'None' is what an unset value "
+                "prints as; leave the version empty to use the project's version template"
+            )
+        return validate_version(version)
+
+    def _sql(self, context, start, end) -> str:
+        text = self.query or ""
+        if text.strip().endswith(SQL_EXTENSIONS) and "\n" not in text.strip():
+            raise AirflowFailException(
+                f"query file {text.strip()!r} was not found in the DAG's template_searchpath "
+                f"{list(self.dag.template_searchpath or []) if self.has_dag() else []}: give a path relative to it")
+        try:
+            return self._render_with_window(text, context, start, end, "query")
+        except TemplateError as exc:
+            raise AirflowFailException(str(exc)) from None
+
     def execute(self, context) -> dict[str, Any]:
-        from dataset_registry.hooks.mysql_source_hook import MySqlSourceHook
-        from dataset_registry.hooks.registry_hook import RegistryHook
         from dataset_registry.mysql_export import ExportError, export_query
-        from dataset_registry.registry import VersionConflictError
+        from dataset_registry.registry import PublishDeadlineError, VersionConflictError, split_url_credentials
 
         try:
             project = validate_project(self.project)
@@ -103,34 +170,19 @@ class VersionDatasetOperator(BaseOperator):
             start, end = effective_window(
                 self.start, self.end, context.get("data_interval_start"), context.get("data_interval_end")
             )
-            version = "" if self.version is None else self.version  # never stripped: "v1\n" is not "v1"
-            if version == "":
-                version = self._render_with_window(self.version_template, context, start, end, "version_template")
-            elif version == "None":
-                raise InvalidNameError(
-                    f"invalid version 'None': it must match {VERSION_RULE}, and 'None' is what an unset value "
-                    "prints as; leave the version empty to use the project's version template"
-                )
-            validate_version(version)
+            version = self._version(context, start, end)
         except (InvalidNameError, WindowError, TemplateError) as exc:
-            raise AirflowFailException(str(exc)) from None
+            raise AirflowFailException(f"{exc} (trigger params: version, start, end)"
+                                       if isinstance(exc, WindowError) else str(exc)) from None
         preprocess = self._load_preprocess()
-
-        if self.query_file:
-            sql_template = Path(self.query_file).read_text(encoding="utf-8")
-        else:
-            sql_template = self.query
-        try:
-            sql = self._render_with_window(sql_template, context, start, end, "query")
-        except TemplateError as exc:
-            raise AirflowFailException(str(exc)) from None
+        sql = self.query = self._sql(context, start, end)  # what ran, for the Rendered Template tab
         self.log.info("project %s, version %s, window [%s, %s)", project, version, start, end)
 
         try:
-            conn_params = MySqlSourceHook(self.mysql_conn_id).connect_params()
+            conn_params = self.mysql_hook.connect_params()
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from None
-        client = RegistryHook(self.registry_conn_id).get_conn()
+        client = self.registry_hook.get_conn()
         staging = client.staging_file(project, output)
         try:
             try:
@@ -143,21 +195,43 @@ class VersionDatasetOperator(BaseOperator):
                 raise AirflowSkipException(
                     f"no rows in window [{start}, {end}) for project {project}: no version published"
                 )
+            columns = csv_header(staging)
             try:
                 published = client.publish(project, output, version, staging, result.md5, result.rows,
                                            timeout=self.publish_timeout)
             except VersionConflictError as exc:
-                raise AirflowFailException(str(exc)) from None
+                raise AirflowFailException(f"{exc} (the trigger param 'version' publishes under another name)") from None
+            except PublishDeadlineError as exc:  # retried: the proposal may land meanwhile
+                raise PublishDeadlineError(f"{exc} (publish_timeout: the project YAML key, else the "
+                                           f"{self.registry_conn_id!r} connection's extra)") from None
         finally:
             staging.unlink(missing_ok=True)
 
+        query_types = dict(zip(result.columns, result.column_types))
         event = {**published.as_dict(), "window_start": start.isoformat(), "window_end": end.isoformat(),
                  "output": output}
         for outlet in self.outlets or []:
             context["outlet_events"][outlet].extra = event
+        self._lineage = {
+            "sql": sql,
+            "source": {"host": conn_params.get("host") or "localhost", "port": int(conn_params.get("port") or 3306),
+                       "database": conn_params.get("db")},
+            "registry_url": split_url_credentials(self.registry_hook.settings.repo_url)[0],
+            "event": {**event, "columns": columns, "column_types": [query_types.get(c) for c in columns]},
+        }
         self.log.info(
             "%s %s: %d rows, %d bytes, md5 %s, commit %s",
             "published" if published.created else "already published", published.tag,
             published.rows, published.bytes, published.md5, published.commit[:12],
         )
         return event
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        """Inputs: the MySQL tables the SQL read; output: the dataset version (see ``lineage``)."""
+        from dataset_registry.lineage import version_lineage
+
+        if self._lineage is None:  # skipped (no rows) or failed before publishing: nothing was versioned
+            from airflow.providers.openlineage.extractors import OperatorLineage
+
+            return OperatorLineage()
+        return version_lineage(**self._lineage)
