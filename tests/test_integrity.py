@@ -271,6 +271,28 @@ def test_a_token_in_an_https_url_is_used_but_never_stored_or_shown(tmp_path):
     assert "tok%2Fen-123" not in stored and "tok/en-123" not in stored
 
 
+def test_a_token_given_as_the_https_user_is_used_but_never_stored_or_shown(tmp_path):
+    """``https://<token>@host/x.git`` (how GitHub tokens are usually written): the whole user part is
+    the secret; it reaches the server only through askpass and is in no message or file."""
+    _AuthRecorder.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthRecorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = RegistrySettings(
+            repo_url=f"https://ghp_T0KEN-only@127.0.0.1:{server.server_address[1]}/registry.git".replace("https", "http"),
+            remote_url=str(tmp_path / "store"), work_dir=tmp_path / "w",
+        )
+        client = RegistryClient(settings)
+        with pytest.raises(RegistryError) as err:
+            publish_with(client, "sales", "v1", b"a\n1\n")
+    finally:
+        server.shutdown()
+    assert "ghp_T0KEN-only:" in _AuthRecorder.seen
+    assert "T0KEN" not in str(err.value) and f"127.0.0.1:{server.server_address[1]}/registry.git" in str(err.value)
+    stored = "".join(p.read_text(errors="replace") for p in (tmp_path / "w").rglob("*") if p.is_file())
+    assert "T0KEN" not in stored
+
+
 # 13 --------------------------------------------------------------------------------------------
 def test_dvc_remote_errors_carry_the_remote_s_own_reason(tmp_path, registry, sshd):
     bare_local = str(registry.bare)  # git over a local path: only the DVC remote talks SSH here

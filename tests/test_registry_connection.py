@@ -51,11 +51,19 @@ def test_misspelled_key_is_refused_naming_it_and_the_fix(monkeypatch):
     (BASE, "http", "type 'http' is not a registry connection"),
     ({**BASE, "branch": "../main"}, "dvc_registry", "branch"),
     ({**BASE, "key_file": "relative/key"}, "dvc_registry", "key_file"),
+    ({**BASE, "key_file": {"path": "/k"}}, "dvc_registry", "extra.key_file must be text, got dict"),
+    ({**BASE, "work_dir": 7}, "dvc_registry", "extra.work_dir must be text, got int"),
+    ({**BASE, "publish_timeout": True}, "dvc_registry", "extra.publish_timeout True is not a number of seconds"),
+    ({**BASE, "remote_conn_id": "aws_default"}, "dvc_registry", "remote_conn_id (S3 remotes"),
+    ({**BASE, "extra__dvc_registry__branch": "a", "branch": "b"}, "dvc_registry", "extra.branch is given twice"),
+    ({**BASE, "x" * 5000: 1}, "dvc_registry", "... (5002 characters)"),
 ])
 def test_bad_values_are_refused_with_the_connection_id(monkeypatch, extra, conn_type, expected):
     with pytest.raises(RegistryConnectionError) as err:
         settings_of(monkeypatch, extra, conn_type=conn_type)
-    assert str(err.value).startswith("connection 'reg': ") and expected in str(err.value)
+    text = str(err.value)
+    assert text.startswith("connection 'reg': ") and text.count("connection 'reg'") == 1 and expected in text
+    assert len(text) < 1000
 
 
 def test_building_the_hook_and_client_does_no_io(monkeypatch, tmp_path):

@@ -97,8 +97,10 @@ def test_without_a_password_there_is_no_askpass_and_ssh_never_prompts(tmp_path, 
 
 @pytest.mark.parametrize("url, expected", [
     ("https://deploy:t%40k@git.example/r.git", ("https://deploy@git.example/r.git", "deploy", "t@k")),
-    ("https://:tok@git.example/r.git", ("https://@git.example/r.git", None, "tok")),
-    ("https://deploy@git.example/r.git", ("https://deploy@git.example/r.git", None, None)),
+    ("https://:tok@git.example/r.git", ("https://git.example/r.git", None, "tok")),
+    ("https://ghp_tok@git.example/r.git", ("https://git.example/r.git", "ghp_tok", None)),  # token as the user
+    ("https://u:p@ss@git.example/r.git", ("https://u@git.example/r.git", "u", "p@ss")),  # last @ ends it
+    ("ssh://git@git.example:22/r.git", ("ssh://git@git.example:22/r.git", None, None)),  # a login, not a secret
     ("git@git.example:srv/r.git", ("git@git.example:srv/r.git", None, None)),
     ("/srv/registry.git", ("/srv/registry.git", None, None)),
 ])

@@ -40,12 +40,20 @@ def split_url_credentials(url: str) -> tuple[str, str | None, str | None]:
 
     A token in the URL would otherwise sit in the clone's ``.git/config`` and in every error message;
     it is taken out and handed to git through the askpass program instead, like an SSH password.
+    The user part ends at the last ``@`` before the first ``/`` (a password may hold ``@``). Over
+    http(s) a user part without a password is taken out too: it is how tokens are usually given
+    (``https://<token>@github.com/...``); ssh's ``git@host`` stays, it is only a login name.
     """
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/@]*)@", url)
-    if not match or ":" not in match.group(2):
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/]*)@", url)
+    if not match:
         return url, None, None
-    user, _, password = match.group(2).partition(":")
-    return f"{match.group(1)}{user}@{url[match.end():]}", unquote(user) or None, unquote(password) or None
+    scheme, userinfo, rest = match.group(1), match.group(2), url[match.end():]
+    if ":" not in userinfo:
+        if scheme.lower() in ("http://", "https://"):
+            return f"{scheme}{rest}", unquote(userinfo) or None, None
+        return url, None, None
+    user, _, password = userinfo.partition(":")
+    return f"{scheme}{user}@{rest}" if user else f"{scheme}{rest}", unquote(user) or None, unquote(password) or None
 
 
 class SubprocessEnv:
@@ -62,7 +70,14 @@ class SubprocessEnv:
         self.repo_url, url_user, url_password = split_url_credentials(settings.repo_url)
         self.git_user = settings.ssh_user or url_user
         self.git_password = settings.ssh_password or url_password
-        self.secrets = [s for s in (settings.ssh_password, url_password) if s]  # redacted from every message
+        # https://<token>@host: the whole user part is the secret, answered through askpass too
+        self.url_token_user = url_user if url_password is None and url_user else None
+        self.secrets = [s for s in (settings.ssh_password, url_password, self.url_token_user) if s]  # redacted
+
+    @property
+    def uses_askpass(self) -> bool:
+        """git gets its credentials from the askpass program: a password, or a token given as the user."""
+        return bool(self.git_password or self.url_token_user)
 
     def ssh_command(self) -> list[str]:
         """git's ``ssh`` argv: key, login and host-key policy; prompts only when a password is in use."""
@@ -86,10 +101,10 @@ class SubprocessEnv:
         the values ``dvc_cli`` hands to DVC's SSH filesystem."""
         s = self.settings
         env = base_env()
-        if self.git_password:
+        if self.uses_askpass:
             env.update(SSH_ASKPASS=str(self.askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=env.get("DISPLAY", ":0"))
             env[ENV_GIT_USER] = self.git_user or ""
-            env[ENV_GIT_PASSWORD] = self.git_password
+            env[ENV_GIT_PASSWORD] = self.git_password or ""
         if s.ssh_password:
             env[dvc_cli.ENV_PASSWORD] = s.ssh_password
         env["GIT_SSH_COMMAND"] = shlex.join(self.ssh_command())
@@ -107,7 +122,7 @@ class SubprocessEnv:
     def install_askpass(self) -> None:
         """Write the askpass script when a password is in use and it is not there yet (atomically:
         concurrent first uses never see half a script)."""
-        if not self.git_password or self.askpass.exists():
+        if not self.uses_askpass or self.askpass.exists():
             return
         self.askpass.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.askpass.with_name(f".askpass.{uuid.uuid4().hex}")

@@ -31,6 +31,12 @@ class RegistryConnectionError(RegistryError, AirflowFailException):
     """The connection itself is wrong (unknown key, bad value, wrong type): retrying cannot help."""
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as an error message may quote it: repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def default_work_dir() -> Path:
     """Where working clones and the DVC cache live: per worker, kept between runs."""
     return worker_path("DATASET_WORK_DIR", "dataset-registry")
@@ -61,14 +67,22 @@ class DvcRegistryHook(BaseHook):
             raise self._error("the extra must be a JSON object")
         values: dict[str, Any] = {}
         for key, value in extra.items():
-            name = key.removeprefix(f"extra__{CONN_TYPE}__")
+            name = str(key).removeprefix(f"extra__{CONN_TYPE}__")
+            if name == "remote_conn_id":
+                raise self._error("extra.remote_conn_id (S3 remotes with credentials from an aws connection) is "
+                                  "not supported by this version: use an ssh:// or local remote_url")
             if name not in REGISTRY_CONN_FIELDS:
                 close = difflib.get_close_matches(name, REGISTRY_CONN_FIELDS, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                raise self._error(
-                    f"unknown extra key {key!r}: {hint}the keys are {', '.join(REGISTRY_CONN_FIELDS)}")
-            if value is not None and value != "":  # the form sends empty fields as null or ""
-                values[name] = value
+                raise self._error(f"unknown extra key {_short(key)}: {hint}the keys are {', '.join(REGISTRY_CONN_FIELDS)}")
+            if name in values:
+                raise self._error(f"extra.{name} is given twice (as {name!r} and with the form prefix): keep one")
+            if value is None or value == "":  # the form sends empty fields as null or ""
+                continue
+            expected = REGISTRY_CONN_FIELDS[name]["schema"]["type"][0]
+            if expected == "string" and not isinstance(value, str):
+                raise self._error(f"extra.{name} must be text, got {type(value).__name__}")
+            values[name] = value
         return values
 
     def _flag(self, name: str, value: Any) -> bool:
@@ -77,13 +91,15 @@ class DvcRegistryHook(BaseHook):
         text = str(value).strip().lower()
         if text in _TRUE | _FALSE:
             return text in _TRUE
-        raise self._error(f"extra.{name} {value!r} is not true or false")
+        raise self._error(f"extra.{name} {_short(value)} is not true or false")
 
     def _seconds(self, name: str, value: Any) -> float:
+        if isinstance(value, bool):
+            raise self._error(f"extra.{name} {value!r} is not a number of seconds")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise self._error(f"extra.{name} {value!r} is not a number of seconds") from None
+            raise self._error(f"extra.{name} {_short(value)} is not a number of seconds") from None
 
     @cached_property
     def settings(self) -> RegistrySettings:
@@ -96,6 +112,8 @@ class DvcRegistryHook(BaseHook):
         for name in ("repo_url", "remote_url"):
             if not str(extra.get(name, "")).strip():
                 raise self._error(f"extra.{name} is required (see the README's connection section)")
+        flags = {"check_host_keys": not self._flag("no_host_key_check", extra.get("no_host_key_check", False)),
+                 "publish_timeout": self._seconds("publish_timeout", extra.get("publish_timeout", DEFAULT_PUBLISH_TIMEOUT))}
         try:
             return RegistrySettings(
                 repo_url=str(extra["repo_url"]),
@@ -106,9 +124,7 @@ class DvcRegistryHook(BaseHook):
                 ssh_password=conn.password or None,
                 key_file=extra.get("key_file"),
                 known_hosts=extra.get("known_hosts"),
-                check_host_keys=not self._flag("no_host_key_check", extra.get("no_host_key_check", False)),
-                publish_timeout=self._seconds("publish_timeout",
-                                              extra.get("publish_timeout", DEFAULT_PUBLISH_TIMEOUT)),
+                **flags,
             )
         except RegistryError as exc:
             hint = "; set extra.work_dir or DATASET_WORK_DIR to one" if "setting work_dir" in str(exc) else ""

@@ -3,12 +3,14 @@
 Export and publish run in one task on purpose: the CSV never has to cross workers, so the DAG runs
 unchanged on Celery/Kubernetes. Heavy modules (MySQLdb, pandas, dvc) are imported in ``execute``.
 
-The query is a template field (``.sql`` files resolved through the DAG's ``template_searchpath``,
-shown as SQL in the UI), but it is not rendered with Airflow's task context: a project YAML is
-untrusted input and the context holds ``conn`` and ``var``. It is rendered in a sandbox that sees
-only the effective window (``data_interval_start``/``data_interval_end``: the trigger params
-``start``/``end`` when given, else the run's data interval), ``params`` and the filters
-``ds``/``ts``/..., and the SQL that ran is written back to the Rendered Template tab after the run.
+The query is a template field (a ``.sql`` path is loaded from the DAG's ``template_searchpath``; the
+UI shows it as SQL), but Airflow's renderer never sees it: a project YAML is untrusted input and
+the task context holds ``conn`` and ``var``. It is kept as a ``SandboxedQuery`` and rendered by
+``execute`` in a sandbox that sees only the effective window (``data_interval_start`` /
+``data_interval_end``: the trigger params ``start``/``end`` when given, else the run's data
+interval), ``params`` and the filters ``ds``/``ts``/...; the SQL that ran is written back to the
+Rendered Template tab after the run. ``template_ext`` stays empty on purpose: Airflow would load
+(and render with the full context) ANY field ending in ``.sql``, e.g. an output named ``x.sql``.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from dataset_registry.connection_ids import MYSQL_CONN_ID, REGISTRY_CONN_ID
-from dataset_registry.operators.lazy_hooks import MYSQL_HOOK, REGISTRY_HOOK, inject_hooks, lazy_hook
 from dataset_registry.names import VERSION_RULE, InvalidNameError, validate_output, validate_project, validate_version
+from dataset_registry.operators.lazy_hooks import MYSQL_HOOK, REGISTRY_HOOK, inject_hooks, lazy_hook
+from dataset_registry.operators.sandboxed_query import SandboxedQuery
 from dataset_registry.project_config import DEFAULT_VERSION_TEMPLATE
 from dataset_registry.window import TemplateError, WindowError, effective_window, render_window_template
 
@@ -28,6 +31,12 @@ if TYPE_CHECKING:
     from dataset_registry.hooks.registry_hook import DvcRegistryHook
 
 SQL_EXTENSIONS = (".sql",)
+
+
+def is_sql_path(text: str) -> bool:
+    """``sql/shop.sql``: one line naming a .sql file (else the text is the SQL itself)."""
+    text = text.strip()
+    return text.endswith(SQL_EXTENSIONS) and "\n" not in text
 
 
 def csv_header(path) -> list[str]:
@@ -67,7 +76,6 @@ class VersionDatasetOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("project", "output_file", "version", "start", "end", "query")
-    template_ext: Sequence[str] = SQL_EXTENSIONS
     template_fields_renderers = {"query": "sql"}
     overwrite_rtif_after_execution = True  # the Rendered Template tab shows the SQL that ran
     ui_color = "#d6eaf8"
@@ -112,13 +120,31 @@ class VersionDatasetOperator(BaseOperator):
     mysql_hook = lazy_hook(MYSQL_HOOK, "mysql_conn_id")
     registry_hook = lazy_hook(REGISTRY_HOOK, "registry_conn_id")
 
-    def render_template_fields(self, context, jinja_env=None) -> None:
-        """Airflow renders every template field but the query; ``execute`` renders the query in the
-        window-only sandbox (the context's ``conn``/``var`` must never reach untrusted SQL)."""
-        if not jinja_env:
-            jinja_env = self.get_template_env()
-        fields = [name for name in self.template_fields if name != "query"]
-        self._do_render_template_fields(self, fields, context, jinja_env, set())
+    def _convert_query(self, value):
+        """Every assignment of ``query`` (also by Airflow when it unmaps a mapped task) is sandboxed."""
+        return SandboxedQuery(value) if isinstance(value, str) else value
+
+    def _load_sql_file(self, name: str) -> str:
+        """A ``.sql`` query from the DAG's ``template_searchpath`` only (not the DAG folder, which
+        Airflow's loader would search first), never leaving it (jinja refuses ``..``)."""
+        from jinja2 import Environment, FileSystemLoader, TemplateNotFound
+
+        searchpath = list(self.dag.template_searchpath or []) if self.has_dag() else []
+        try:
+            return FileSystemLoader(searchpath).get_source(Environment(), name.strip())[0]
+        except TemplateNotFound:
+            raise AirflowFailException(f"query file {name.strip()!r} was not found in the DAG's template_searchpath "
+                                       f"{searchpath}: give a path relative to it") from None
+
+    def resolve_template_files(self) -> None:
+        """Load a ``.sql`` query when the DAG is parsed, so the UI shows the SQL; only the query."""
+        text = str(self.query or "")
+        if is_sql_path(text):
+            try:
+                self.query = self._load_sql_file(text)
+            except AirflowFailException as exc:
+                self.log.warning("%s", exc)  # execute() fails the task with it
+        self.prepare_template()
 
     def _render_with_window(self, text: str, context, start, end, what: str) -> str:
         """Only the window and the trigger params: see ``window.render_window_template``."""
@@ -150,11 +176,9 @@ class VersionDatasetOperator(BaseOperator):
         return validate_version(version)
 
     def _sql(self, context, start, end) -> str:
-        text = self.query or ""
-        if text.strip().endswith(SQL_EXTENSIONS) and "\n" not in text.strip():
-            raise AirflowFailException(
-                f"query file {text.strip()!r} was not found in the DAG's template_searchpath "
-                f"{list(self.dag.template_searchpath or []) if self.has_dag() else []}: give a path relative to it")
+        text = str(self.query or "")
+        if is_sql_path(text):
+            text = self._load_sql_file(text)
         try:
             return self._render_with_window(text, context, start, end, "query")
         except TemplateError as exc:
@@ -175,7 +199,8 @@ class VersionDatasetOperator(BaseOperator):
             raise AirflowFailException(f"{exc} (trigger params: version, start, end)"
                                        if isinstance(exc, WindowError) else str(exc)) from None
         preprocess = self._load_preprocess()
-        sql = self.query = self._sql(context, start, end)  # what ran, for the Rendered Template tab
+        sql = self._sql(context, start, end)
+        self.query = sql  # what ran, for the Rendered Template tab
         self.log.info("project %s, version %s, window [%s, %s)", project, version, start, end)
 
         try:
