@@ -3,6 +3,7 @@
 Each test reproduces a case the security review found, against a real sshd, bare git registry and
 DVC remote; the case number is the issue's.
 """
+import contextlib
 import hashlib
 import http.server
 import os
@@ -231,66 +232,54 @@ class _AuthRecorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_https_style_prompts_get_the_login_as_user_name_and_the_password_as_password(tmp_path):
-    _AuthRecorder.seen = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthRecorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        settings = RegistrySettings(
-            repo_url=f"http://127.0.0.1:{server.server_address[1]}/registry.git", remote_url=str(tmp_path / "store"),
-            work_dir=tmp_path / "w", ssh_user="alice", ssh_password="s3cret-pw",
-        )
-        client = RegistryClient(settings)
-        with pytest.raises(RegistryError) as err:
-            publish_with(client, "sales", "v1", b"a\n1\n")
-    finally:
-        server.shutdown()
-    assert _AuthRecorder.seen and set(_AuthRecorder.seen) == {"alice:s3cret-pw"}
-    assert "s3cret-pw" not in str(err.value)
-
-
-def test_a_token_in_an_https_url_is_used_but_never_stored_or_shown(tmp_path):
+@contextlib.contextmanager
+def auth_recorder():
+    """A real HTTP server on loopback that records the Basic credentials git sends (and refuses them)."""
     _AuthRecorder.seen = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthRecorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        settings = RegistrySettings(
-            repo_url=f"http://deploy:tok%2Fen-123@127.0.0.1:{server.server_address[1]}/registry.git",
-            remote_url=str(tmp_path / "store"), work_dir=tmp_path / "w",
-        )
-        client = RegistryClient(settings)
-        with pytest.raises(RegistryError) as err:
-            publish_with(client, "sales", "v1", b"a\n1\n")
+        yield server.server_address[1]
     finally:
         server.shutdown()
+
+
+def publish_refused(tmp_path, repo_url: str, **settings) -> RegistryError:
+    client = RegistryClient(RegistrySettings(repo_url=repo_url, remote_url=str(tmp_path / "store"),
+                                             work_dir=tmp_path / "w", **settings))
+    with pytest.raises(RegistryError) as err:
+        publish_with(client, "sales", "v1", b"a\n1\n")
+    return err.value
+
+
+def test_https_style_prompts_get_the_login_as_user_name_and_the_password_as_password(tmp_path):
+    with auth_recorder() as port:
+        err = publish_refused(tmp_path, f"http://127.0.0.1:{port}/registry.git", ssh_user="alice", ssh_password="s3cret-pw")
+    assert _AuthRecorder.seen and set(_AuthRecorder.seen) == {"alice:s3cret-pw"}
+    assert "s3cret-pw" not in str(err)
+
+
+def stored_text(tmp_path) -> str:
+    return "".join(p.read_text(errors="replace") for p in (tmp_path / "w").rglob("*") if p.is_file())
+
+
+def test_a_token_in_an_https_url_is_used_but_never_stored_or_shown(tmp_path):
+    with auth_recorder() as port:
+        err = publish_refused(tmp_path, f"http://deploy:tok%2Fen-123@127.0.0.1:{port}/registry.git")
     # git got the token through askpass (it may first try the bare user name, as git does)
     assert "deploy:tok/en-123" in _AuthRecorder.seen and set(_AuthRecorder.seen) <= {"deploy:", "deploy:tok/en-123"}
-    assert "tok" not in str(err.value).replace("stok", "") and "deploy@127.0.0.1" in str(err.value)
-    stored = "".join(p.read_text(errors="replace") for p in (tmp_path / "w").rglob("*") if p.is_file())
-    assert "tok%2Fen-123" not in stored and "tok/en-123" not in stored
+    assert "tok" not in str(err).replace("stok", "") and "deploy@127.0.0.1" in str(err)
+    assert "tok%2Fen-123" not in stored_text(tmp_path) and "tok/en-123" not in stored_text(tmp_path)
 
 
 def test_a_token_given_as_the_https_user_is_used_but_never_stored_or_shown(tmp_path):
     """``https://<token>@host/x.git`` (how GitHub tokens are usually written): the whole user part is
     the secret; it reaches the server only through askpass and is in no message or file."""
-    _AuthRecorder.seen = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthRecorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        settings = RegistrySettings(
-            repo_url=f"https://ghp_T0KEN-only@127.0.0.1:{server.server_address[1]}/registry.git".replace("https", "http"),
-            remote_url=str(tmp_path / "store"), work_dir=tmp_path / "w",
-        )
-        client = RegistryClient(settings)
-        with pytest.raises(RegistryError) as err:
-            publish_with(client, "sales", "v1", b"a\n1\n")
-    finally:
-        server.shutdown()
+    with auth_recorder() as port:
+        err = publish_refused(tmp_path, f"http://ghp_T0KEN-only@127.0.0.1:{port}/registry.git")
     assert "ghp_T0KEN-only:" in _AuthRecorder.seen
-    assert "T0KEN" not in str(err.value) and f"127.0.0.1:{server.server_address[1]}/registry.git" in str(err.value)
-    stored = "".join(p.read_text(errors="replace") for p in (tmp_path / "w").rglob("*") if p.is_file())
-    assert "T0KEN" not in stored
+    assert "T0KEN" not in str(err) and f"127.0.0.1:{port}/registry.git" in str(err)
+    assert "T0KEN" not in stored_text(tmp_path)
 
 
 # 13 --------------------------------------------------------------------------------------------
