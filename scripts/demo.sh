@@ -18,7 +18,7 @@ export DATASET_DATA_DIR="$DEMO/runs"
 export MODEL_DB_PATH="$DEMO/model_db.sqlite"   # the embedded default model DB (no model_db connection set)
 # The export connects as the SELECT-only account.
 export AIRFLOW_CONN_MYSQL_RAW="{\"conn_type\":\"mysql\",\"host\":\"127.0.0.1\",\"port\":3306,\"login\":\"$DEMO_MYSQL_USER\",\"password\":\"$DEMO_MYSQL_PASSWORD\"}"
-export AIRFLOW_CONN_DVC_REGISTRY="{\"conn_type\":\"generic\",\"extra\":{\"repo_url\":\"$DEMO/registry.git\",\"remote_url\":\"$DEMO/dvc-store\"}}"
+export AIRFLOW_CONN_DVC_REGISTRY="{\"conn_type\":\"dvc_registry\",\"extra\":{\"repo_url\":\"$DEMO/registry.git\",\"remote_url\":\"$DEMO/dvc-store\"}}"
 say "registry: $DEMO/registry.git (empty, initialized on first publish); DVC remote: $DEMO/dvc-store"
 
 for day in "2024-03-01 2024-03-02" "2024-03-02 2024-03-03"; do
@@ -62,8 +62,10 @@ for row in db.execute("""SELECT e.experiment_id, m.model_name, e.training_datase
 PY
 cat <<TXT
 
-Do it yourself:
-  git clone $DEMO/registry.git reg && cd reg
-  git checkout demo/v20240302T000000 && dvc pull
+Do it yourself, in a new shell (git-dvc and airflow live in .venv; env.sh puts them on PATH):
+  source $REPO_ROOT/scripts/env.sh
+  git clone $DEMO/registry.git /tmp/demo-reg && cd /tmp/demo-reg
+  git checkout demo/v20240302T000000 && dvc pull && md5sum demo/train.csv
+  dvc get $DEMO/registry.git demo/train.csv --rev demo/v20240302T000000 -o /tmp/train-v20240302.csv
 Re-run one window: the same tag, nothing changes. Logs: $DEMO/dags-test-*.log
 TXT

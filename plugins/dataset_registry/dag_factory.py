@@ -37,20 +37,39 @@ def _timetable(schedule: str | None):
     return CronDataIntervalTimetable(_PRESET_CRON.get(schedule, schedule), timezone="UTC")
 
 
-def _params() -> dict[str, Param]:
+EXAMPLE_WINDOW = ("2024-03-01T00:00:00+00:00", "2024-03-02T00:00:00+00:00")
+
+
+def _example_version(template: str) -> str:
+    """What the project's version template gives for ``EXAMPLE_WINDOW`` (fixed, so parsing is stable)."""
+    from dataset_registry.window import SqlDateTime, TemplateError, render_window_template
+
+    start, end = (SqlDateTime.of(datetime.fromisoformat(t)) for t in EXAMPLE_WINDOW)
+    try:
+        return render_window_template(template, start, end, {}, what="version_template").strip()
+    except TemplateError:
+        return "(the template needs params: see the project YAML)"
+
+
+def _params(cfg: ProjectConfig) -> dict[str, Param]:
+    example = _example_version(cfg.version_template)
     return {
         "version": Param(
             None, type=["null", "string"], pattern=VERSION_PARAM_PATTERN, title="Version",
-            description="Version name for this publish (tag <project>/<version>). Empty: the project's "
-                        "version template, by default v<window end as YYYYMMDDTHHMMSS>.",
+            description=f"Version name for this publish (tag {cfg.project}/<version>). Empty: this project's "
+                        f"version template {cfg.version_template} rendered with the window, e.g. {example} for the "
+                        "window [2024-03-01, 2024-03-02).",
         ),
         "start": Param(
             None, type=["null", "string"], format="date-time", title="Window start (inclusive)",
-            description="ISO datetime, UTC if no offset. Overrides the data interval start.",
+            description="ISO datetime, UTC if no offset. Empty: the run's data interval start. These two "
+                        "fields are the window the query reads; they win over the form's data interval "
+                        "fields (use either, the query sees the effective window).",
         ),
         "end": Param(
             None, type=["null", "string"], format="date-time", title="Window end (exclusive)",
-            description="ISO datetime, UTC if no offset. Overrides the data interval end.",
+            description="ISO datetime, UTC if no offset. Empty: the run's data interval end (for a scheduled "
+                        "run, the tick that started it).",
         ),
     }
 
@@ -82,7 +101,7 @@ def build_version_dag(cfg: ProjectConfig) -> DAG:
         max_active_runs=1,
         auto_register=False,  # registered by name below, only once fully built and validated
         template_searchpath=[str(cfg.include_root)],  # a .sql query is resolved from here
-        params=_params(),
+        params=_params(cfg),
         tags=["dataset-versioning", cfg.project, *cfg.tags],
         doc_md=_doc(cfg),
         default_args={
