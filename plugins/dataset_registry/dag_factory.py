@@ -124,6 +124,8 @@ def build_version_dag(cfg: ProjectConfig) -> DAG:
             preprocess_path=str(cfg.include_root),
             query_timeout=cfg.query_timeout,
             publish_timeout=cfg.publish_timeout,
+            key=cfg.key,
+            checks=cfg.checks,
             mysql_conn_id=cfg.mysql_conn_id,
             registry_conn_id=cfg.registry_conn_id,
             outlets=[asset_for(cfg.project)],

@@ -73,6 +73,11 @@ dataset_versions = sa.Table(
     sa.Column("bytes", sa.BigInteger, nullable=True),
     sa.Column("commit", sa.String(40), nullable=False),
     sa.Column("created", sa.DateTime(timezone=True), nullable=False, default=_now),
+    # Added later (ensure_schema adds them in place to older databases; old rows keep NULL):
+    sa.Column("window_start", sa.String(40), nullable=True),  # ISO, as in the Asset event
+    sa.Column("window_end", sa.String(40), nullable=True),
+    sa.Column("columns", JSONType, nullable=True),  # the CSV's column names, in order
+    sa.Column("profile", JSONType, nullable=True),  # column -> {type, nulls, empty, min, max, distinct}
     sa.UniqueConstraint("project", "version", name="uq_dataset_versions_project_version"),
 )
 
@@ -135,22 +140,33 @@ class ModelDB:
 
     # ---------------------------------------------------------------- dataset versions
     def record_dataset_version(self, *, project: str, version: str, tag: str, md5: str, rows: int | None,
-                               bytes: int | None, commit: str) -> int:
-        """Idempotent: the same tag again returns the existing row; a different md5 is an error."""
+                               bytes: int | None, commit: str, window_start: str | None = None,
+                               window_end: str | None = None, columns: list | None = None,
+                               profile: dict | None = None) -> int:
+        """Idempotent: the same tag again returns the existing row; a different md5 is an error.
+
+        ``window_start``/``window_end``/``columns``/``profile`` are stored when known; a row recorded
+        without them (by an older version, or from a tag without them) gets them filled in later."""
         self.ensure_schema()
+        optional = {k: v for k, v in (("window_start", window_start), ("window_end", window_end),
+                                      ("columns", _jsonable(columns)), ("profile", _jsonable(profile)))
+                    if v is not None}
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(dataset_versions).where(dataset_versions.c.tag == tag)).mappings().first()
             if row is None:
                 try:
                     return int(conn.execute(dataset_versions.insert().values(
                         project=project, version=version, tag=tag, md5=md5, rows=rows, bytes=bytes,
-                        commit=commit, created=_now())).inserted_primary_key[0])
+                        commit=commit, created=_now(), **optional)).inserted_primary_key[0])
                 except IntegrityError:
                     pass
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(dataset_versions).where(dataset_versions.c.tag == tag)).mappings().one()
-        if row["md5"] != md5:
-            raise ModelDbError(f"dataset_versions already records {tag} with md5 {row['md5']}, not {md5}")
+            if row["md5"] != md5:
+                raise ModelDbError(f"dataset_versions already records {tag} with md5 {row['md5']}, not {md5}")
+            missing = {k: v for k, v in optional.items() if row[k] is None}
+            if missing:
+                conn.execute(dataset_versions.update().where(dataset_versions.c.tag == tag).values(**missing))
         return int(row["dataset_version_id"])
 
     def get_dataset_version(self, tag: str) -> dict | None:

@@ -6,7 +6,9 @@ Why this shape:
   (``12.50`` for DECIMAL(10,2), ``2024-01-02 03:04:05.123456`` for DATETIME(6)), decoded in C.
 - Session ``time_zone='+00:00'`` prints TIMESTAMP in UTC whatever the server default.
 - ``START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`` gives one snapshot for the whole read.
-- The MD5 of the bytes is computed while writing, so nothing re-reads the file to hash it.
+- The MD5 of the bytes is computed while writing, so nothing re-reads the file to hash it; likewise
+  the column profile (``column_profile``: nulls, empty strings, min/max, approximate distinct per
+  column) and, for the ``unique`` check, the key's sortedness, batch by batch.
 - Completeness comes from the protocol: an unbuffered result ends with an EOF packet, and a stream
   that is cut (KILL, network loss, server restart) raises an error from ``fetchmany``, never a short
   clean end. No separate row count is compared (the client's count would only be compared with itself).
@@ -86,6 +88,12 @@ class ExportResult:
     columns: list[str]
     seconds: float
     column_types: list[str] = field(default_factory=list)  # MySQL type per query column
+    # The CSV's columns (the query's, or a preprocess's output) and their profile (``column_profile``),
+    # computed while the CSV streamed; None when the export ran with profile=False.
+    csv_columns: list[str] = field(default_factory=list)
+    profile: dict[str, dict] | None = None
+    # Unique-key facts of the stream (``column_profile.KeyTracker.facts``) when a key was given.
+    key_facts: dict | None = None
 
 
 def _text_converters() -> dict:
@@ -202,6 +210,8 @@ def export_query(
     query_timeout: int | None = None,
     fetch_rows: int = FETCH_ROWS,
     progress_seconds: float = PROGRESS_SECONDS,
+    profile: bool = True,
+    unique_key: list[str] | None = None,
 ) -> ExportResult:
     """Run ``sql`` and write the CSV to ``dest`` (written to ``dest.partial``, renamed when complete).
 
@@ -209,6 +219,10 @@ def export_query(
     On any failure the partial file is removed and ExportError carries the server's message;
     ``retryable=False`` when a retry cannot help (refused query, SQL error, read-only violation,
     preprocess error).
+
+    ``profile``: compute the CSV's column profile while it streams (``ExportResult.profile``).
+    ``unique_key``: columns whose adjacent values are compared batch by batch (sortedness and
+    duplicates, ``ExportResult.key_facts``) for the ``unique`` check.
     """
     import MySQLdb
 
@@ -239,7 +253,22 @@ def export_query(
         column_types = mysql_types.type_names(cursor.description, _field_flags(cursor))
         plain = [d[1] in _PLAIN_TYPES for d in cursor.description]
         formatter = csv_format.compile_row_formatter(plain)
-        chunk_to_text = _preprocessing_writer(preprocess, columns) if preprocess else None
+        profiler = tracker = None
+        if preprocess:
+            from dataset_registry.column_profile import FrameProfiler
+
+            profiler = FrameProfiler(dict(zip(columns, column_types))) if profile else None
+            chunk_to_text = _preprocessing_writer(preprocess, columns, profiler, unique_key, column_types)
+        else:
+            chunk_to_text = None
+            if profile:
+                from dataset_registry.column_profile import StreamProfiler
+
+                profiler = StreamProfiler(columns, column_types, _precisions(cursor.description))
+            if unique_key:
+                from dataset_registry.column_profile import KeyTracker
+
+                tracker = KeyTracker(unique_key, columns, column_types)
         header = csv_format.header_line(columns)
         last_log = started
         with open(partial, "wb") as out:
@@ -260,6 +289,10 @@ def export_query(
                 if chunk_to_text is None:
                     text = "".join(map(formatter, batch))
                     rows += len(batch)
+                    if profiler is not None:
+                        profiler.add_batch(batch)
+                    if tracker is not None:
+                        tracker.add_rows(batch)
                 else:  # the preprocess may drop or add rows: count what is written
                     text, written = chunk_to_text(batch, with_header=not wrote_header)
                     rows += written
@@ -310,8 +343,32 @@ def export_query(
             pass
     elapsed = time.monotonic() - started
     log.info("export done: %d rows written (%d read), %.1f MB in %.1f s", rows, read, size / 1e6, elapsed)
+    if preprocess:
+        csv_columns = chunk_to_text.header or list(columns)
+        key_facts = chunk_to_text.key_facts()
+    else:
+        csv_columns = list(columns)
+        key_facts = tracker.facts() if tracker is not None else None
+    col_profile = None
+    if profiler is not None:
+        col_profile = profiler.profile()
+        if not col_profile:  # preprocess on an empty result: the raw columns' header was written
+            col_profile = {c: {"type": t, "nulls": 0, "empty": 0, "min": None, "max": None, "distinct": 0}
+                           for c, t in zip(columns, column_types)}
     return ExportResult(path=dest, rows=rows, bytes=size, md5=md5.hexdigest(), columns=columns, seconds=elapsed,
-                        column_types=column_types)
+                        column_types=column_types, csv_columns=csv_columns, profile=col_profile,
+                        key_facts=key_facts)
+
+
+def _precisions(description) -> list[int | None]:
+    """The declared precision per column (DECIMAL digits), from a DB-API description."""
+    out = []
+    for d in description:
+        try:
+            out.append(int(d[4]) if d[4] is not None else None)
+        except (TypeError, ValueError, IndexError):
+            out.append(None)
+    return out
 
 
 def _field_flags(cursor) -> list[int] | None:
@@ -328,7 +385,31 @@ def callable_name(fn: Callable) -> str:
     return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def _preprocessing_writer(preprocess: Callable, columns: list[str]):
+class _ChunkWriter:
+    """The preprocess writer's callable, plus what it learned: the header and the key facts."""
+
+    def __init__(self, fn, state, trackers):
+        self._fn, self._state, self._trackers = fn, state, trackers
+
+    def __call__(self, batch, with_header: bool):
+        return self._fn(batch, with_header)
+
+    @property
+    def header(self) -> list[str] | None:
+        return self._state["header"]
+
+    def key_facts(self) -> dict | None:
+        tracker = self._trackers.get("key")
+        if tracker is None:
+            return None if self._trackers.get("columns") is None else {
+                "columns": list(self._trackers["columns"]), "missing": [], "nulls": 0, "duplicates": 0,
+                "unsorted": 0, "example": None}
+        return tracker.facts()
+
+
+def _preprocessing_writer(preprocess: Callable, columns: list[str], profiler=None,
+                          unique_key: list[str] | None = None,
+                          column_types: list[str] | None = None) -> _ChunkWriter:
     """Wrap a DataFrame -> DataFrame callable; the first chunk's output columns become the CSV header.
 
     Every later chunk must return exactly those columns in that order (else the CSV would be ragged).
@@ -338,6 +419,7 @@ def _preprocessing_writer(preprocess: Callable, columns: list[str]):
 
     name = callable_name(preprocess)
     state: dict[str, Any] = {"header": None, "formatter": None, "chunk": 0, "rows": 0}
+    trackers: dict[str, Any] = {"columns": unique_key}
 
     def chunk_to_text(batch, with_header: bool) -> tuple[str, int]:
         state["chunk"] += 1
@@ -364,6 +446,16 @@ def _preprocessing_writer(preprocess: Callable, columns: list[str]):
                 f"(the header, from chunk 1), got {names}. A preprocess must return the same columns in "
                 "the same order for every chunk.", retryable=False)
         body = "".join(map(state["formatter"], result.itertuples(index=False, name=None)))
+        if profiler is not None:
+            profiler.add_frame(result)
+        if unique_key:
+            if "key" not in trackers:
+                from dataset_registry.column_profile import KeyTracker, pandas_type_name
+
+                query_types = dict(zip(columns, column_types or []))
+                types = [pandas_type_name(result.dtypes.iloc[i], query_types.get(n)) for i, n in enumerate(names)]
+                trackers["key"] = KeyTracker(unique_key, names, types)
+            trackers["key"].add_frame(result)
         return ((csv_format.header_line(names) + body) if with_header else body), len(result)
 
-    return chunk_to_text
+    return _ChunkWriter(chunk_to_text, state, trackers)

@@ -44,6 +44,8 @@ OPTIONAL_KEYS: dict[str, Any] = {
     "model_db_conn_id": MODEL_DB_CONN_ID,
     "train": None,  # "module:function" for train_<project>
     "model_name": None,  # model name in the model DB (default <project>_model)
+    "key": None,  # columns that identify a row (row-level diffs, the `unique` check's default)
+    "checks": None,  # quality gates before publishing (see dataset_registry.checks)
 }
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 64 * 1024  # a YAML is parsed by pure-Python PyYAML in the DAG processor: keep it cheap
@@ -114,6 +116,8 @@ class ProjectConfig:
     model_db_conn_id: str = OPTIONAL_KEYS["model_db_conn_id"]
     train: str | None = OPTIONAL_KEYS["train"]
     model_name: str | None = OPTIONAL_KEYS["model_name"]
+    key: list[str] | None = None
+    checks: dict | None = None  # as written in the YAML, validated (checks.validate_checks normalizes it)
 
     @property
     def include_root(self) -> Path:
@@ -368,6 +372,15 @@ def load_project(path: Path) -> ProjectConfig:
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION_CHARS:
         problem("description", f"must be text of at most {MAX_DESCRIPTION_CHARS} characters")
 
+    from dataset_registry.checks import validate_checks, validate_key
+
+    key, key_problems = validate_key(values["key"])
+    for text in key_problems:
+        problem("key", text)
+    _, check_problems = validate_checks(values["checks"], key)
+    for sub, text in check_problems:
+        problem(f"checks.{sub}" if sub else "checks", text)
+
     if problems:
         raise ProjectConfigError(problems, path)
     return ProjectConfig(
@@ -378,6 +391,7 @@ def load_project(path: Path) -> ProjectConfig:
         publish_timeout=publish_timeout, tags=list(tags),
         owner=owner, mysql_conn_id=values["mysql_conn_id"], registry_conn_id=values["registry_conn_id"],
         model_db_conn_id=values["model_db_conn_id"], train=train, model_name=model_name,
+        key=key, checks=values["checks"],
     )
 
 

@@ -86,12 +86,17 @@ class PublishProtocol:
 
     # ---------------------------------------------------------------- publishing
     def publish(self, project: str, output: str, version: str, data_file: Path, md5: str, rows: int,
-                timeout: float | None = None) -> PublishResult:
+                timeout: float | None = None, *, window_start: str | None = None, window_end: str | None = None,
+                columns: list | None = None, profile: dict | None = None) -> PublishResult:
         """Publish ``data_file`` (whose md5 the caller computed while writing it) as ``<project>/<version>``.
 
         :param timeout: how long the push may keep losing races to other publishers (default: the
             settings' ``publish_timeout``); data upload and verification are not counted.
+        :param window_start: the window's start (ISO), written to the tag message; likewise
+            ``window_end``, ``columns`` (the CSV's column names) and ``profile`` (``column_profile``).
         """
+        meta = {k: v for k, v in (("window_start", window_start), ("window_end", window_end),
+                                  ("columns", columns), ("profile", profile)) if v is not None}
         validate_project(project)
         validate_output(output)
         validate_version(version)
@@ -109,7 +114,8 @@ class PublishProtocol:
                 log.info("tag %s already exists with the same content (md5 %s), verified on the remote: "
                          "nothing to do", tag, md5)
                 return PublishResult(project, version, tag, md5, rows, size, existing.commit, created=False)
-            return self._commit_and_push(project, output, version, tag, md5, rows, size, timeout)  # 5
+            extra = {"meta": meta} if meta else {}  # subclasses with the older signature keep working
+            return self._commit_and_push(project, output, version, tag, md5, rows, size, timeout, **extra)  # 5
 
     def _prepare(self) -> None:
         """Step 1, and the clone's DVC pointed at this worker's cache and the remote."""
@@ -120,7 +126,8 @@ class PublishProtocol:
         """Step 4 (a method of its own so that fault-injection tests can wrap it)."""
         self.store.ensure_remote(rel, md5, size)
 
-    def _commit_and_push(self, project, output, version, tag, md5, rows, size, timeout) -> PublishResult:
+    def _commit_and_push(self, project, output, version, tag, md5, rows, size, timeout,
+                         meta: dict | None = None) -> PublishResult:
         """Land the version on the branch, with its tag, in one atomic push; any publisher may land it.
 
         Data was verified on the remote before the proposal exists, so nothing unverified is ever
@@ -130,7 +137,7 @@ class PublishProtocol:
         deadline = time.monotonic() + timeout
         publish_id = uuid.uuid4().hex
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        message = tag_message(project, version, md5, rows, size, created, publish_id)
+        message = tag_message(project, version, md5, rows, size, created, publish_id, **(meta or {}))
         self.landing.propose(project, output, tag, md5, size, message)
         attempt = 0
         while True:
@@ -170,6 +177,22 @@ class PublishProtocol:
                 raise conflict(VersionInfo(project, version, tag, mine["md5"], size, None, mine["commit"]), md5)
             created_here = message_field(mine["message"], "publish-id") == publish_id
             return PublishResult(project, version, tag, md5, rows, size, mine["commit"], created=created_here)
+
+    def previous_version(self, project: str, output: str, exclude: str | None = None) -> VersionInfo | None:
+        """The project's newest version on the registry other than ``exclude`` (read only: a fetch), or
+        None when it has none. For checks that compare with the previous version (``max_rows_change``)."""
+        validate_project(project)
+        with self.clone.locked():
+            if not self.clone.sync():
+                return None
+            for version in self.versions.list_versions(project):
+                if version == exclude:
+                    continue
+                try:
+                    return self.versions.tag_info(project, output, version)
+                except RegistryError:  # a tag of another output file (renamed): rows from its message
+                    continue
+        return None
 
     # ---------------------------------------------------------------- pulling
     def resolve_version(self, project: str, output: str, version: str | None) -> VersionInfo:

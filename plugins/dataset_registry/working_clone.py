@@ -10,6 +10,7 @@ branches that exist (instead of silently starting a new root history away from e
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import re
 import shutil
@@ -43,18 +44,95 @@ class VersionInfo:
     rows: int | None
     commit: str
     publish_id: str | None = None  # from the tag message: which run created the tag
+    created: str | None = None  # the tag message's lines (None for tags written before they existed)
+    window_start: str | None = None
+    window_end: str | None = None
+    columns: list | None = None
+    profile: dict | None = None
 
 
-def tag_message(project: str, version: str, md5: str, rows: int, size: int, created: str, publish_id: str) -> str:
-    """The annotated tag's message (a proposal's commit message is the same): ``name: value`` lines."""
-    return (f"{project}: version {version}\n\nmd5: {md5}\nrows: {rows}\nbytes: {size}\n"
+# The whole tag message goes to git as one argument (``-m``), and Linux caps one argument at 128 KiB:
+# the JSON lines are kept under this many bytes (the profile's strings are already cut to 200
+# characters; a wider table's profile is written with min/max cut to 32, else left out).
+MAX_JSON_LINE_BYTES = 48 * 1024
+SHORT_VALUE_CHARS = 32
+
+
+def _json_line(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=False)
+
+
+def _bounded_profile_line(profile: dict) -> str | None:
+    """The profile as compact JSON under MAX_JSON_LINE_BYTES, min/max shortened when needed; None if
+    even that is too long (the tag message then says so; the Asset event and the model DB keep it)."""
+    text = _json_line(profile)
+    if len(text.encode()) <= MAX_JSON_LINE_BYTES:
+        return text
+
+    def short(value):
+        return value[:SHORT_VALUE_CHARS] if isinstance(value, str) else value
+
+    shorter = {c: {**p, "min": short(p.get("min")), "max": short(p.get("max"))} if isinstance(p, dict) else p
+               for c, p in profile.items()}
+    text = _json_line(shorter)
+    return text if len(text.encode()) <= MAX_JSON_LINE_BYTES else None
+
+
+def tag_message(project: str, version: str, md5: str, rows: int, size: int, created: str, publish_id: str,
+                *, window_start: str | None = None, window_end: str | None = None,
+                columns: list | None = None, profile: dict | None = None) -> str:
+    """The annotated tag's message (a proposal's commit message is the same): ``name: value`` lines.
+
+    Optional lines: ``window-start`` / ``window-end`` (ISO), ``columns`` (a compact JSON list) and
+    ``profile`` (a compact JSON object; see ``_bounded_profile_line`` for its size bound). JSON
+    lines are read back with ``message_json`` (they may contain spaces), never ``message_field``.
+    """
+    text = (f"{project}: version {version}\n\nmd5: {md5}\nrows: {rows}\nbytes: {size}\n"
             f"created: {created}\npublish-id: {publish_id}\n")
+    if window_start:
+        text += f"window-start: {window_start}\n"
+    if window_end:
+        text += f"window-end: {window_end}\n"
+    if columns is not None:
+        line = _json_line(list(columns))
+        if len(line.encode()) <= MAX_JSON_LINE_BYTES:
+            text += f"columns: {line}\n"
+    if profile is not None:
+        line = _bounded_profile_line(profile)
+        text += f"profile: {line}\n" if line is not None else "profile-omitted: too large for a tag message\n"
+    return text
 
 
 def message_field(message: str, name: str) -> str | None:
-    """A ``name: value`` line of a tag message written by ``tag_message``."""
+    """A ``name: value`` line of a tag message written by ``tag_message`` (one word values)."""
     match = re.search(rf"^{re.escape(name)}: (\S+)$", message, re.M)
     return match.group(1) if match else None
+
+
+def message_line(message: str, name: str) -> str | None:
+    """The whole rest of a ``name: ...`` line (values that may contain spaces)."""
+    match = re.search(rf"^{re.escape(name)}: (.*)$", message, re.M)
+    return match.group(1) if match else None
+
+
+def message_json(message: str, name: str):
+    """A JSON ``name: ...`` line of a tag message, parsed; None when absent or not valid JSON."""
+    line = message_line(message, name)
+    if line is None:
+        return None
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def message_info(message: str) -> dict:
+    """The optional fields of ``VersionInfo`` that a tag message carries."""
+    columns, profile = message_json(message, "columns"), message_json(message, "profile")
+    return {"created": message_field(message, "created"), "window_start": message_field(message, "window-start"),
+            "window_end": message_field(message, "window-end"),
+            "columns": columns if isinstance(columns, list) else None,
+            "profile": profile if isinstance(profile, dict) else None}
 
 
 def remote_tag_ref(tag: str) -> str:
@@ -250,7 +328,7 @@ class RegistryVersions:
         message = self.clone.git("for-each-ref", "--format=%(contents)", ref)
         rows = message_field(message, "rows")
         return VersionInfo(project, version, tag, md5, size, int(rows) if rows and rows.isdigit() else None, commit,
-                           publish_id=message_field(message, "publish-id"))
+                           publish_id=message_field(message, "publish-id"), **message_info(message))
 
     def list_versions(self, project: str) -> list[str]:
         """Versions of a project on the registry remote, newest first.

@@ -40,7 +40,8 @@ def pull_version(hook: DvcRegistryHook, project: str, output: str, version: str 
         raise AirflowFailException(str(exc)) from None
     return {"project": info.project, "version": info.version, "tag": info.tag, "md5": info.md5,
             "bytes": info.bytes, "rows": info.rows, "commit": info.commit, "path": str(path),
-            "downloaded": downloaded}
+            "downloaded": downloaded, "window_start": info.window_start, "window_end": info.window_end,
+            "columns": info.columns, "profile": info.profile}
 
 
 class PullDatasetOperator(BaseOperator):

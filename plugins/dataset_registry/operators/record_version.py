@@ -17,10 +17,20 @@ if TYPE_CHECKING:
     from dataset_registry.hooks.model_db_hook import ModelDbHook
 
 RECORD_KEYS = ("project", "version", "tag", "md5", "rows", "bytes", "commit")
+OPTIONAL_KEYS = ("window_start", "window_end", "columns", "profile")  # recorded when the event has them
+
+
+def version_record(event: Any) -> dict[str, Any]:
+    """The ``dataset_versions`` fields of a publish result or a pulled version; missing required ones fail."""
+    missing = [k for k in RECORD_KEYS if not isinstance(event, dict) or k not in event]
+    if missing:
+        raise AirflowFailException(f"the publish result lacks {', '.join(missing)}: got {event!r:.300}")
+    return {**{k: event[k] for k in RECORD_KEYS}, **{k: event[k] for k in OPTIONAL_KEYS if event.get(k) is not None}}
 
 
 class RecordDatasetVersionOperator(BaseOperator):
-    """Record one published version (``project``, ``version``, ``tag``, ``md5``, ``rows``, ``bytes``, ``commit``).
+    """Record one published version (``project``, ``version``, ``tag``, ``md5``, ``rows``, ``bytes``, ``commit``,
+    and when the result carries them ``window_start``, ``window_end``, ``columns``, ``profile``).
 
     :param published: the publish result, usually ``VersionDatasetOperator(...).output``. (templated)
     :param model_db_conn_id: the model DB connection; default ``model_db``.
@@ -41,9 +51,6 @@ class RecordDatasetVersionOperator(BaseOperator):
 
     def execute(self, context) -> int:
         event = self.published
-        missing = [k for k in RECORD_KEYS if not isinstance(event, dict) or k not in event]
-        if missing:
-            raise AirflowFailException(f"the publish result lacks {', '.join(missing)}: got {event!r:.300}")
-        row_id = self.model_db_hook.get_conn().record_dataset_version(**{k: event[k] for k in RECORD_KEYS})
+        row_id = self.model_db_hook.get_conn().record_dataset_version(**version_record(event))
         self.log.info("dataset_versions row %s records %s (md5 %s)", row_id, event["tag"], event["md5"])
         return row_id

@@ -28,6 +28,7 @@ from dataset_registry.connection_ids import MODEL_DB_CONN_ID, REGISTRY_CONN_ID
 from dataset_registry.operators.lazy_hooks import MODEL_DB_HOOK, REGISTRY_HOOK, inject_hooks, lazy_hook
 from dataset_registry.names import VERSION_RULE, InvalidNameError, validate_output
 from dataset_registry.operators.pull_dataset import pull_version, run_scoped_dir
+from dataset_registry.operators.record_version import version_record
 from dataset_registry.paths import worker_path
 
 if TYPE_CHECKING:
@@ -167,14 +168,13 @@ class TrainModelOperator(BaseOperator):
 
         pulled = pull_version(self.registry_hook, self.project, self.output_file, version, work)
         self._lineage = {"registry_url": split_url_credentials(self.registry_hook.settings.repo_url)[0],
-                         "pulled": {k: v for k, v in pulled.items() if k not in ("path", "downloaded")}
+                         "pulled": {k: v for k, v in pulled.items() if k not in ("path", "downloaded", "profile")}
                                    | {"output": self.output_file}}
         self.log.info("training on %s (from %s), md5 %s, %s", pulled["tag"], source, pulled["md5"],
                       "downloaded" if pulled["downloaded"] else "from the local DVC cache")
 
         db = self.model_db_hook.get_conn()
-        db.record_dataset_version(project=pulled["project"], version=pulled["version"], tag=pulled["tag"],
-                                  md5=pulled["md5"], rows=pulled["rows"], bytes=pulled["bytes"], commit=pulled["commit"])
+        db.record_dataset_version(**version_record(pulled))
         project_id = db.get_or_create_project(self.project)
         model_id = db.get_or_create_model(project_id, self.model_name or f"{self.project}_model")
         experiment_id = db.upsert_experiment(

@@ -69,6 +69,12 @@ class VersionDatasetOperator(BaseOperator):
     :param query_timeout: server-side statement timeout in seconds (None: the server's).
     :param publish_timeout: seconds the push may keep losing races to other publishers (None: the
         registry connection's ``publish_timeout``, 900).
+    :param key: columns that identify a row (the ``unique`` check's default).
+    :param checks: quality checks as in the project YAML's ``checks:`` (see ``dataset_registry.checks``),
+        evaluated on what the export measured, before anything is published. A failed check in
+        ``fail`` mode publishes nothing and fails without retry; in ``warn`` mode it is logged.
+    :param profile: compute the column profile while exporting (default True); it goes into the
+        Asset event (``columns``, ``profile``), the tag message and the model DB row.
     :param mysql_conn_id: the raw-data source connection (``mysql``); default ``mysql_raw``.
     :param registry_conn_id: the registry connection (``dvc_registry``); default ``dvc_registry``.
     :param mysql_hook: an already built MySqlSourceHook to use instead of ``mysql_conn_id``.
@@ -94,6 +100,9 @@ class VersionDatasetOperator(BaseOperator):
         preprocess_path: str | None = None,
         query_timeout: int | None = None,
         publish_timeout: int | None = None,
+        key: list[str] | None = None,
+        checks: dict | None = None,
+        profile: bool = True,
         mysql_conn_id: str = MYSQL_CONN_ID,
         registry_conn_id: str = REGISTRY_CONN_ID,
         mysql_hook: MySqlSourceHook | None = None,
@@ -112,6 +121,9 @@ class VersionDatasetOperator(BaseOperator):
         self.preprocess_path = preprocess_path
         self.query_timeout = query_timeout
         self.publish_timeout = publish_timeout
+        self.key = list(key) if key else None
+        self.checks = checks
+        self.profile = profile
         self.mysql_conn_id = mysql_conn_id
         self.registry_conn_id = registry_conn_id
         inject_hooks(self, mysql_hook=mysql_hook, registry_hook=registry_hook)
@@ -184,6 +196,39 @@ class VersionDatasetOperator(BaseOperator):
         except TemplateError as exc:
             raise AirflowFailException(str(exc)) from None
 
+    def _normalized_checks(self) -> dict | None:
+        """The checks as ``checks.validate_checks`` normalizes them; a bad value fails the task now."""
+        from dataset_registry.checks import validate_checks, validate_key
+
+        key, key_problems = validate_key(self.key)
+        checks, problems = validate_checks(self.checks, key)
+        texts = [f"key: {p}" for p in key_problems] + [f"checks.{k}: {p}" if k else f"checks: {p}" for k, p in problems]
+        if texts:
+            raise AirflowFailException("invalid checks: " + "; ".join(texts))
+        return checks
+
+    def _run_checks(self, checks: dict, result, client, project: str, output: str, version: str) -> dict:
+        """Evaluate the checks on the export; fail (nothing published) or warn. Returns the summary
+        that goes into the Asset event."""
+        from dataset_registry.checks import evaluate, summary
+
+        previous = None
+        if checks.get("max_rows_change") is not None:
+            previous = client.previous_version(project, output, exclude=version)
+        report = evaluate(checks, rows=result.rows, columns=result.csv_columns, profile=result.profile,
+                          key_facts=result.key_facts, previous_rows=previous.rows if previous else None,
+                          previous_version=previous.tag if previous else None)
+        what = f"{project}/{version}"
+        if report.errors or (report.failures and checks["mode"] == "fail"):
+            raise AirflowFailException(summary(report, what) + "\nNothing was published (checks run before any "
+                                       "upload, commit or tag)." + (" Checks with errors fail even in warn mode."
+                                                              if report.errors and checks["mode"] == "warn" else ""))
+        if report.failures:
+            self.log.warning("%s\nmode: warn, so the version is published anyway", summary(report, what))
+        else:
+            self.log.info("checks passed for %s: %s", what, ", ".join(report.passed))
+        return {"mode": checks["mode"], "passed": report.passed, "failed": report.failures}
+
     def execute(self, context) -> dict[str, Any]:
         from dataset_registry.mysql_export import ExportError, export_query
         from dataset_registry.registry import PublishDeadlineError, VersionConflictError, split_url_credentials
@@ -199,6 +244,7 @@ class VersionDatasetOperator(BaseOperator):
             raise AirflowFailException(f"{exc} (trigger params: version, start, end)"
                                        if isinstance(exc, WindowError) else str(exc)) from None
         preprocess = self._load_preprocess()
+        checks = self._normalized_checks()
         sql = self._sql(context, start, end)
         self.query = sql  # what ran, for the Rendered Template tab
         self.log.info("project %s, version %s, window [%s, %s)", project, version, start, end)
@@ -211,7 +257,8 @@ class VersionDatasetOperator(BaseOperator):
         staging = client.staging_file(project, output)
         try:
             try:
-                result = export_query(conn_params, sql, staging, preprocess=preprocess, query_timeout=self.query_timeout)
+                result = export_query(conn_params, sql, staging, preprocess=preprocess, query_timeout=self.query_timeout,
+                                      profile=self.profile, unique_key=(checks or {}).get("unique"))
             except ExportError as exc:
                 if exc.retryable:
                     raise
@@ -220,10 +267,12 @@ class VersionDatasetOperator(BaseOperator):
                 raise AirflowSkipException(
                     f"no rows in window [{start}, {end}) for project {project}: no version published"
                 )
-            columns = csv_header(staging)
+            columns = result.csv_columns or csv_header(staging)
+            check_summary = self._run_checks(checks, result, client, project, output, version) if checks else None
             try:
                 published = client.publish(project, output, version, staging, result.md5, result.rows,
-                                           timeout=self.publish_timeout)
+                                           timeout=self.publish_timeout, window_start=start.isoformat(),
+                                           window_end=end.isoformat(), columns=columns, profile=result.profile)
             except VersionConflictError as exc:
                 raise AirflowFailException(f"{exc} (the trigger param 'version' publishes under another name)") from None
             except PublishDeadlineError as exc:  # retried: the proposal may land meanwhile
@@ -234,7 +283,9 @@ class VersionDatasetOperator(BaseOperator):
 
         query_types = dict(zip(result.columns, result.column_types))
         event = {**published.as_dict(), "window_start": start.isoformat(), "window_end": end.isoformat(),
-                 "output": output}
+                 "output": output, "columns": columns, "profile": result.profile}
+        if check_summary is not None:
+            event["checks"] = check_summary
         for outlet in self.outlets or []:
             context["outlet_events"][outlet].extra = event
         self._lineage = {
