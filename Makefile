@@ -11,6 +11,7 @@ help:
 	@echo "make celery - only the CeleryExecutor test: Redis, two workers, 8 projects (part of make test too)"
 	@echo "make bench  - performance benchmark (BENCH_ARGS='--rows 2000000 --repeat 3'), then the fan-in benchmark"
 	@echo "make fan-in - only the fan-in benchmark: N publishers at once, this protocol vs the previous (FANIN_ARGS='--publishers 100')"
+	@echo "make ui     - Airflow UI + registry page on the demo data (all four components, loopback); prints URL and login; Ctrl-C stops"
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -35,4 +36,7 @@ bench: setup
 fan-in: setup
 	@source scripts/env.sh && python tests/benchmarks/fan_in.py $(FANIN_ARGS)
 
-.PHONY: help setup demo test e2e celery bench fan-in
+ui: setup
+	@bash scripts/ui.sh
+
+.PHONY: help setup demo test e2e celery bench fan-in ui

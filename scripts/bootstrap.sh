@@ -11,7 +11,7 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 # 1. System packages (only what is missing).
 need=()
-for pkg in pkg-config libmariadb-dev mariadb-server mariadb-client postgresql postgresql-client openssh-server openssh-client git python3-venv redis-server openssl; do
+for pkg in pkg-config libmariadb-dev mariadb-server mariadb-client postgresql postgresql-client openssh-server openssh-client git python3-venv redis-server openssl chromium chromium-driver fonts-liberation; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

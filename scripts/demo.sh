@@ -5,7 +5,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO_ROOT"
-DEMO="$REPO_ROOT/.work/demo"
+source "$REPO_ROOT/scripts/demo_env.sh"
 say() { printf '\n==> %s\n' "$*"; }
 
 say "seeding MySQL database demo_raw (8 tricky rows over two days) as $DEMO_MYSQL_ADMIN_USER"
@@ -13,12 +13,6 @@ MYSQL_PWD="$DEMO_MYSQL_ADMIN_PASSWORD" mariadb -h127.0.0.1 -u"$DEMO_MYSQL_ADMIN_
 
 rm -rf "$DEMO" && mkdir -p "$DEMO"
 git init -q --bare --initial-branch=main "$DEMO/registry.git"
-export DATASET_WORK_DIR="$DEMO/worker"
-export DATASET_DATA_DIR="$DEMO/runs"
-export MODEL_DB_PATH="$DEMO/model_db.sqlite"   # the embedded default model DB (no model_db connection set)
-# The export connects as the SELECT-only account.
-export AIRFLOW_CONN_MYSQL_RAW="{\"conn_type\":\"mysql\",\"host\":\"127.0.0.1\",\"port\":3306,\"login\":\"$DEMO_MYSQL_USER\",\"password\":\"$DEMO_MYSQL_PASSWORD\"}"
-export AIRFLOW_CONN_DVC_REGISTRY="{\"conn_type\":\"dvc_registry\",\"extra\":{\"repo_url\":\"$DEMO/registry.git\",\"remote_url\":\"$DEMO/dvc-store\"}}"
 say "registry: $DEMO/registry.git (empty, initialized on first publish); DVC remote: $DEMO/dvc-store"
 
 for day in "2024-03-01 2024-03-02" "2024-03-02 2024-03-03"; do

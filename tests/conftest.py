@@ -26,6 +26,18 @@ MYSQL_ADMIN_USER = os.environ.get("DEMO_MYSQL_ADMIN_USER", "dataset_admin")
 MYSQL_ADMIN_PASSWORD = os.environ.get("DEMO_MYSQL_ADMIN_PASSWORD", "dataset_admin")
 
 
+def report_line(request, line: str) -> None:
+    """Show ``line`` on the terminal even while pytest captures output (timings, artifact paths)."""
+    import logging
+
+    logging.getLogger(request.node.nodeid).warning(line)
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if capture is not None and reporter is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

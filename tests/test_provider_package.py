@@ -8,7 +8,6 @@ folder holding only the two thin DAG files), so ``dataset_registry`` can only co
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -25,11 +24,10 @@ from pathlib import Path
 import pytest
 
 from airflow_stack import Api, Processes, airflow_env
-from conftest import REPO, free_port, plain_pull
+from conftest import REPO, free_port, plain_pull, report_line
 
 pytestmark = pytest.mark.slow
 
-log = logging.getLogger(__name__)
 
 INSTALL_TIMEOUT = 600  # seconds for `pip install apache-airflow==3.3.2 <wheel>` (about 50 s here)
 PACKAGE = "airflow-provider-dataset-registry"
@@ -99,16 +97,6 @@ def _json_in(out: str):
     return None
 
 
-def _report(request, line: str) -> None:
-    """Log ``line`` and show it on the terminal even while output is captured."""
-    log.warning(line)
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    if capture is not None and reporter is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(line)
-
-
 def _source_copy(dest: Path) -> Path:
     """The repository's files (tracked or not ignored) copied to ``dest``: the wheel is built there, so a
     stale ``build/`` of the checkout cannot leak into it and the checkout gets no build/ or egg-info."""
@@ -161,7 +149,7 @@ def provider(tmp_path_factory, request):
         pytest.fail(f"pip install of apache-airflow==3.3.2 + the wheel took more than {INSTALL_TIMEOUT}s")
     install_seconds = time.monotonic() - started
     assert install.returncode == 0, install.stdout[-4000:] + install.stderr[-4000:]
-    _report(request, f"[provider] wheel {wheel.name} built in {build_seconds:.1f}s; "
+    report_line(request, f"[provider] wheel {wheel.name} built in {build_seconds:.1f}s; "
                      f"fresh venv: apache-airflow==3.3.2 + wheel installed in {install_seconds:.1f}s")
 
     home, dags, plugins = root / "airflow-home", root / "dags", root / "plugins"
@@ -182,7 +170,7 @@ def provider(tmp_path_factory, request):
     prov = Provider(root, venv, wheel, Path(site), version, env, install_seconds)
     started = time.monotonic()
     prov.run(prov.airflow, "db", "migrate", timeout=300)
-    _report(request, f"[provider] airflow db migrate in {time.monotonic() - started:.1f}s")
+    report_line(request, f"[provider] airflow db migrate in {time.monotonic() - started:.1f}s")
     yield prov
     shutil.rmtree(venv, ignore_errors=True)  # ~600 MB; pytest keeps the last few base temp folders
 
