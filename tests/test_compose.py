@@ -46,7 +46,7 @@ def test_airflow_services_get_connections_through_environment_and_valid_json():
         if name in AIRFLOW_SERVICES:
             assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"  # the default stack
         registry = json.loads(env["AIRFLOW_CONN_DVC_REGISTRY"])
-        assert registry["conn_type"] == "generic" and registry["extra"]["repo_url"].startswith("ssh://")
+        assert registry["conn_type"] == "dvc_registry" and registry["extra"]["repo_url"].startswith("ssh://")
         assert registry["extra"]["known_hosts"]  # host keys are checked in the stack too
         assert json.loads(env["AIRFLOW_CONN_MYSQL_RAW"])["conn_type"] == "mysql"
         assert json.loads(env["AIRFLOW_CONN_MODEL_DB"])["conn_type"] == "postgres"

@@ -148,3 +148,10 @@ def test_memory_stays_bounded_on_a_large_file(tmp_path):
     assert result == {"added": only_in_target + 1000, "removed": 0, "changed": changed,
                       "base_rows": rows - only_in_target, "target_rows": rows + 1000}
     assert peak < 512 * 1024, f"peak {peak} bytes: the merge must not hold the files"
+
+
+def test_without_types_a_number_like_text_key_keeps_its_text(tmp_path):
+    """Pre-profile versions have no types: ``01234`` and ``1234`` (zip codes) are two keys, not one."""
+    base = write(tmp_path / "b.csv", "zip,v\n01234,a\n")
+    target = write(tmp_path / "t.csv", "zip,v\n1234,a\n")
+    assert key_diff(base, target, ["zip"]) == {"added": 1, "removed": 1, "changed": 0, "base_rows": 1, "target_rows": 1}

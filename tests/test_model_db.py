@@ -88,3 +88,43 @@ def test_unreachable_database_is_a_clear_error(tmp_path):
     db = ModelDB(f"postgresql+psycopg2://x:y@127.0.0.1:{free_port()}/nope", connect_args={"connect_timeout": 3})
     with pytest.raises(sa.exc.OperationalError, match="127.0.0.1"):
         db.ensure_schema()
+
+
+def test_concurrent_schema_upgrades_both_succeed(db, monkeypatch):
+    """Two workers upgrading an old schema at once (both inspected it before either altered it):
+    neither fails, on PostgreSQL (ADD COLUMN IF NOT EXISTS) nor SQLite (duplicate column = done)."""
+    import threading
+
+    db.ensure_schema()
+    with db.engine.begin() as conn:  # an older dataset_versions: without the profile columns
+        for column in ("window_start", "window_end", "columns", "profile"):
+            conn.execute(sa.text(f'ALTER TABLE dataset_versions DROP COLUMN "{column}"'))
+    real_inspect, both_inspected = sa.inspect, threading.Barrier(2, timeout=30)
+
+    def inspect_then_wait(engine):
+        inspector = real_inspect(engine)
+        inspector.get_columns("dataset_versions")
+        both_inspected.wait()  # the narrow race: each saw the columns missing
+        return inspector
+
+    monkeypatch.setattr(sa, "inspect", inspect_then_wait)
+    workers = [ModelDB(db.engine.url) for _ in range(2)]
+    errors: list = []
+
+    def upgrade(worker):
+        try:
+            worker.ensure_schema()
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    monkeypatch.setattr(sa, "inspect", real_inspect)
+    assert errors == []
+    present = {c["name"] for c in sa.inspect(db.engine).get_columns("dataset_versions")}
+    assert {"window_start", "window_end", "columns", "profile"} <= present
+    for worker in workers:
+        worker.engine.dispose()

@@ -242,3 +242,14 @@ def test_profile_reaches_the_asset_event_the_model_db_and_git_show(tmp_path, sho
         extras = [json.loads(r[0]) for r in conn.execute("SELECT extra FROM asset_event ORDER BY id DESC")]
     extra = next(e for e in extras if e.get("tag") == tag)
     assert extra["columns"] == ["id", "item", "price", "at"] and extra["profile"] == expected
+
+
+def test_a_project_named_like_a_field_does_not_shadow_it():
+    """The title line ``profile: version v1`` is not the ``profile:`` field (fields come after it)."""
+    from dataset_registry.working_clone import message_field, message_json, tag_message
+
+    for project in ("profile", "columns", "md5"):
+        text = tag_message(project, "v1", "0" * 32, 3, 10, "2024-01-01T00:00:00.000000Z", "p1",
+                           window_start=None, window_end=None, columns=["a"], profile={"a": {"nulls": 0}})
+        assert message_json(text, "profile") == {"a": {"nulls": 0}}
+        assert message_json(text, "columns") == ["a"] and message_field(text, "md5") == "0" * 32

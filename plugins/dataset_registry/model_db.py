@@ -104,13 +104,22 @@ class ModelDB:
             return
         metadata.create_all(self.engine, checkfirst=True)
         inspector = sa.inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in metadata.sorted_tables:
-                present = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name not in present:
-                        ddl = column.type.compile(dialect=self.engine.dialect)
-                        conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {ddl}'))
+        postgres = self.engine.dialect.name == "postgresql"
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                ddl = column.type.compile(dialect=self.engine.dialect)
+                # Several workers may upgrade at once: PostgreSQL skips a column another one just
+                # added; SQLite (one machine) reports it as a duplicate, which is the same outcome.
+                exists = "IF NOT EXISTS " if postgres else ""
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN {exists}"{column.name}" {ddl}'))
+                except sa.exc.OperationalError as exc:
+                    if "duplicate column" not in str(exc).lower():
+                        raise
         self._schema_ready = True
 
     # ---------------------------------------------------------------- projects and models

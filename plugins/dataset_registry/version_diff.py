@@ -166,6 +166,7 @@ class _Records:
         self.label = label
         self._file = open(path, newline="", encoding="utf-8")
         self._lines: list[str] = []
+        csv.field_size_limit(MAX_FIELD_BYTES)  # the default 128 KiB refuses MEDIUMTEXT/JSON values
         self._reader = csv.reader(self._gather(), strict=True)
         self.row_number = -1  # data rows read so far (the header is row 0)
 
@@ -227,9 +228,13 @@ def _rank_text(value: str) -> tuple:
     return (2, value)
 
 
+MAX_FIELD_BYTES = 1 << 30  # LONGTEXT can hold 4 GiB; a field this big is read, not refused
+
+
 def _rank_guess(value: str) -> tuple:
-    """No type known: a value that reads as a number ranks as a number."""
-    return (1, Decimal(value)) if _NUMBER.fullmatch(value) else (2, value)
+    """No type known: a value that reads as a number ranks as a number, and its text breaks ties, so
+    ``01234`` and ``1234`` stay two keys (a zip code is text even when it looks numeric)."""
+    return (1, Decimal(value), value) if _NUMBER.fullmatch(value) else (2, value)
 
 
 def _ranker(column: str, mysql_type: str | None, label: str):

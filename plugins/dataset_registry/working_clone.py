@@ -103,15 +103,21 @@ def tag_message(project: str, version: str, md5: str, rows: int, size: int, crea
     return text
 
 
+def _message_body(message: str) -> str:
+    """The ``name: value`` lines: everything after the title line (``<project>: version <v>``), so a
+    project named ``profile`` or ``md5`` cannot shadow a field."""
+    return message.split("\n\n", 1)[1] if "\n\n" in message else message
+
+
 def message_field(message: str, name: str) -> str | None:
     """A ``name: value`` line of a tag message written by ``tag_message`` (one word values)."""
-    match = re.search(rf"^{re.escape(name)}: (\S+)$", message, re.M)
+    match = re.search(rf"^{re.escape(name)}: (\S+)$", _message_body(message), re.M)
     return match.group(1) if match else None
 
 
 def message_line(message: str, name: str) -> str | None:
     """The whole rest of a ``name: ...`` line (values that may contain spaces)."""
-    match = re.search(rf"^{re.escape(name)}: (.*)$", message, re.M)
+    match = re.search(rf"^{re.escape(name)}: (.*)$", _message_body(message), re.M)
     return match.group(1) if match else None
 
 

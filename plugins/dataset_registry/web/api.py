@@ -9,6 +9,7 @@ and database I/O.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -19,6 +20,11 @@ from dataset_registry.names import InvalidNameError, validate_project, validate_
 log = logging.getLogger(__name__)
 router = APIRouter()
 
+DIFF_WAIT_SECONDS = 60
+MAX_CACHED_DIFFS = 64
+_DIFF_SLOTS = threading.BoundedSemaphore(1)  # a diff reads two whole files: one at a time per api-server
+_DIFF_LOCK = threading.Lock()
+_DIFFS: dict[tuple, dict] = {}
 MAX_FILTER_CHARS = 250  # model names and model version ids are at most 128 characters in the model DB
 
 
@@ -30,8 +36,9 @@ def _catalog(request: Request):
 
 
 def _unavailable(exc: Exception) -> HTTPException:
-    log.warning("dataset registry API: %s", exc)
-    return HTTPException(503, f"the registry cannot be read: {exc}")
+    """503 without the details (hosts, users, paths are for the operator): they go to the server log."""
+    log.warning("dataset registry API: %s: %s", type(exc).__name__, exc)
+    return HTTPException(503, "the registry or the model DB cannot be read right now; the api-server log says why")
 
 
 def _name(check, value: str) -> str:
@@ -90,7 +97,27 @@ def diff_versions(request: Request, project: str,
     project = _name(validate_project, project)
     base, target = _name(validate_version, base), _name(validate_version, target)
     keys = request.app.state.sources.project_keys().get(project)
-    return _answer(_catalog(request).diff, project, base, target, key=keys)
+    cache_key = (project, base, target, tuple(keys or ()))
+    with _DIFF_LOCK:
+        if cache_key in _DIFFS:  # versions never change: a diff computed once is the answer for good
+            return _DIFFS[cache_key]
+    if not _DIFF_SLOTS.acquire(timeout=DIFF_WAIT_SECONDS):
+        raise HTTPException(503, "other diffs are being computed; try again in a minute")
+    try:
+        try:
+            result = _answer(_catalog(request).diff, project, base, target, key=keys)
+        except HTTPException as exc:
+            if exc.status_code != 422 or not keys:
+                raise
+            # The key diff cannot be done (files not sorted by the key, ...): the schema/profile diff still can.
+            result = {**_answer(_catalog(request).diff, project, base, target, key=None), "keys_error": exc.detail}
+    finally:
+        _DIFF_SLOTS.release()
+    with _DIFF_LOCK:
+        _DIFFS[cache_key] = result
+        while len(_DIFFS) > MAX_CACHED_DIFFS:
+            _DIFFS.pop(next(iter(_DIFFS)))
+    return result
 
 
 def _filter(name: str, value: str | None) -> str | None:

@@ -241,7 +241,7 @@
   function metrics(obj) {
     if (!obj || typeof obj !== "object" || !Object.keys(obj).length) return h("span", { class: "muted" }, "–");
     return h("span", {}, Object.entries(obj).map(([k, v]) =>
-      h("span", { class: "metric" }, h("b", {}, k), " ", typeof v === "number" ? (Number.isInteger(v) ? fmtInt(v) : v.toPrecision(6).replace(/\.?0+$/, "")) : fmtValue(v))));
+      h("span", { class: "metric" }, h("b", {}, k), " ", typeof v === "number" ? (Number.isInteger(v) ? fmtInt(v) : String(Number(v.toPrecision(6)))) : fmtValue(v))));
   }
   function statusBadge(st) {
     const cls = st === "succeeded" || st === "success" ? "good" : st === "failed" ? "bad" : "warn";
@@ -334,7 +334,9 @@
           h("span", { class: "added" }, `${fmtInt(d.keys.added)} ${d.keys.added === 1 ? "key" : "keys"} added`), " · ",
           h("span", { class: "removed" }, `${fmtInt(d.keys.removed)} removed`), " · ",
           h("span", { class: "changed" }, `${fmtInt(d.keys.changed)} changed`))
-          : h("p", { class: "muted" }, "No row-level counts: the project declares no key."),
+          : h("p", { class: "muted", id: "diff-keys" }, d.keys_error
+            ? `No row-level counts: ${d.keys_error}`
+            : "No row-level counts: the project declares no key."),
         h("h2", {}, "Schema"),
         schemaItems.length ? h("ul", { id: "diff-schema" }, schemaItems) : h("p", { class: "muted", id: "diff-schema" }, "Same columns and types."),
         h("h2", {}, "Column profiles"),
