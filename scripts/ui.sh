@@ -97,7 +97,9 @@ names=(api-server scheduler dag-processor triggerer)
 for component in "${names[@]}"; do
   args=()
   case "$component" in scheduler|triggerer) args=(--skip-serve-logs) ;; esac
-  setsid airflow "$component" "${args[@]}" >"$UI/logs/$component.log" 2>&1 </dev/null &
+  # The page's reads use their own working clone and DVC cache: they never wait on a publishing task's lock.
+  work_dir="$DATASET_WORK_DIR"; [ "$component" = api-server ] && work_dir="$UI/api-server-work"
+  DATASET_WORK_DIR="$work_dir" setsid airflow "$component" "${args[@]}" >"$UI/logs/$component.log" 2>&1 </dev/null &
   pids+=("$!")
 done
 say "waiting for the api-server (logs: $UI/logs)"
