@@ -69,6 +69,16 @@ if [ "$(cat .venv/.requirements.sha 2>/dev/null)" != "$req_sum" ]; then
   echo "$req_sum" > .venv/.requirements.sha
 fi
 
+# 3b. The MLflow tracking server the tests run against: its own venv (full `mlflow` pins numpy/pandas
+# below what Airflow resolves here; workers need only the client, `mlflow-skinny`, in .venv).
+mlflow_sum=$(sha256sum scripts/mlflow-server-requirements.txt | cut -d' ' -f1)
+if [ "$(cat .venv-mlflow/.requirements.sha 2>/dev/null)" != "$mlflow_sum" ]; then
+  say "installing the MLflow tracking server (.venv-mlflow)"
+  [ -x .venv-mlflow/bin/python ] || python3 -m venv .venv-mlflow
+  .venv-mlflow/bin/python -m pip install -q --disable-pip-version-check -r scripts/mlflow-server-requirements.txt
+  echo "$mlflow_sum" > .venv-mlflow/.requirements.sha
+fi
+
 # 4. Airflow metadata DB (SQLite in .airflow/, for `airflow dags test` and the demo).
 mkdir -p "$AIRFLOW_HOME" "$DATASET_WORK_DIR"
 air_sum=$(printf '%s' "$req_sum" | sha256sum | cut -d' ' -f1)
