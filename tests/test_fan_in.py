@@ -9,6 +9,7 @@ import pytest
 from conftest import plain_pull
 from dataset_registry.registry import RegistryClient
 from benchmarks.fan_in import publish_at_once
+from s3_server import make_s3_registry, s3_server  # noqa: F401 - the fixture
 from test_reliability import remote_objects_are_intact
 
 pytestmark = pytest.mark.slow
@@ -40,6 +41,33 @@ def test_sixty_four_projects_publishing_at_the_same_tick_all_land(tmp_path, regi
     ordered = sorted(latencies.values())
     print(f"\n{PUBLISHERS} publishers: wall {wall:.1f} s, p50 {ordered[len(ordered) // 2]:.1f} s, "
           f"max {ordered[-1]:.1f} s, pushes per publish {sum(pushes.values()) / PUBLISHERS:.2f}")
+
+
+def test_sixty_four_projects_publishing_to_an_s3_remote_all_land(tmp_path, s3_server):
+    """The same tick over an S3 remote (the test S3 server), on a registry in use (the empty-registry
+    stampede is the SSH test's): every publish lands, every object in the bucket hashes to its name,
+    and a person's plain git + dvc pull gets the bytes."""
+    registry = make_s3_registry(tmp_path, s3_server)
+    _init_registry(registry, tmp_path)
+    started = time.monotonic()
+    outcomes = publish_at_once(RegistryClient, registry, tmp_path, PUBLISHERS)
+    wall = time.monotonic() - started
+    errors = {p: str(o["error"])[:300] for p, o in outcomes.items() if "error" in o}
+    assert errors == {}, dict(list(errors.items())[:5])
+    results = {p: o["result"] for p, o in outcomes.items()}
+    projects = sorted(results)
+    assert len(projects) == PUBLISHERS and all(r.created for r in results.values())
+    assert sorted(registry.tags()) == ["other/v1"] + [f"{p}/v1" for p in projects]
+    assert registry.commit_count() == PUBLISHERS + 2  # the initial commit, other/v1, one per project
+    assert registry.intact_objects() == PUBLISHERS + 1  # every object in the bucket hashes to its name
+    assert set(registry.objects()) >= {r.md5 for r in results.values()}
+    for p, result in results.items():
+        assert registry.git("rev-parse", f"{p}/v1^{{commit}}") == result.commit
+    assert registry.plain_pull("p063/v1", tmp_path / "by-hand", "p063/train.csv") == b"id,project\n1,p063\n2,p063\n"
+    assert registry.git("for-each-ref", "refs/registry-pending/") == ""
+    ordered = sorted(o["latency"] for o in outcomes.values())
+    print(f"\n{PUBLISHERS} publishers to S3: wall {wall:.1f} s, p50 {ordered[len(ordered) // 2]:.1f} s, "
+          f"max {ordered[-1]:.1f} s")
 
 
 def _client_losing_races(registry, tmp_path, rivals: int):

@@ -312,7 +312,7 @@ def test_connection_form_served_by_the_api_server(provider):
     extra = entry["extra_fields"]
     expected_types = {"repo_url": "string", "remote_url": "string", "branch": "string", "key_file": "string",
                       "known_hosts": "string", "no_host_key_check": "boolean", "work_dir": "string",
-                      "publish_timeout": "integer"}
+                      "publish_timeout": "integer", "remote_conn_id": "string"}
     assert set(extra) == set(expected_types), sorted(extra)
     for name, kind in expected_types.items():
         schema = extra[name]["schema"]

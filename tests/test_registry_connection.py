@@ -54,7 +54,9 @@ def test_misspelled_key_is_refused_naming_it_and_the_fix(monkeypatch):
     ({**BASE, "key_file": {"path": "/k"}}, "dvc_registry", "extra.key_file must be text, got dict"),
     ({**BASE, "work_dir": 7}, "dvc_registry", "extra.work_dir must be text, got int"),
     ({**BASE, "publish_timeout": True}, "dvc_registry", "extra.publish_timeout True is not a number of seconds"),
-    ({**BASE, "remote_conn_id": "aws_default"}, "dvc_registry", "remote_conn_id (S3 remotes"),
+    ({**BASE, "remote_conn_id": "aws_default"}, "dvc_registry", "remote_url 'ssh://dvc@127.0.0.1:2222/srv/store' is "
+                                                                "not an s3:// URL"),
+    ({**BASE, "remote_url": "s3://My_Bucket/x"}, "dvc_registry", "is not a valid bucket name"),
     ({**BASE, "extra__dvc_registry__branch": "a", "branch": "b"}, "dvc_registry", "extra.branch is given twice"),
     ({**BASE, "x" * 5000: 1}, "dvc_registry", "... (5002 characters)"),
 ])
@@ -93,3 +95,112 @@ def test_operators_take_injected_hooks_and_build_their_own_lazily():
     lazy = VersionDatasetOperator(task_id="u", project="p", output_file="o.csv", query="SELECT 1", registry_conn_id="mine")
     assert "registry_hook" not in vars(lazy) and "mysql_hook" not in vars(lazy)
     assert lazy.registry_hook.registry_conn_id == "mine"
+
+
+# ------------------------------------------------------------------ S3 remotes: the aws connection
+S3 = {"repo_url": "/srv/registry.git", "remote_url": "s3://datasets-bucket/registry", "remote_conn_id": "aws_reg"}
+SECRET, TOKEN = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY", "FQoGZXIvYXdzEXAMPLE-session-token"
+
+
+def aws_conn(monkeypatch, conn_id="aws_reg", conn_type="aws", **fields):
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": conn_type, **fields}))
+
+
+def test_aws_connection_gives_the_s3_credentials_endpoint_and_region(monkeypatch):
+    aws_conn(monkeypatch, login="AKIAEXAMPLE", password=SECRET,
+             extra={"endpoint_url": "http://minio:9000", "region_name": "eu-west-1", "aws_session_token": TOKEN})
+    s = settings_of(monkeypatch, S3)
+    assert s.remote_url == "s3://datasets-bucket/registry"
+    assert (s.s3.access_key_id, s.s3.secret_access_key, s.s3.session_token) == ("AKIAEXAMPLE", SECRET, TOKEN)
+    assert (s.s3.endpoint_url, s.s3.region) == ("http://minio:9000", "eu-west-1")
+    assert SECRET not in repr(s) and TOKEN not in repr(s)  # settings are logged and compared, never shown with secrets
+    assert s.s3.dvc_remote_options() == {"endpointurl": "http://minio:9000", "region": "eu-west-1"}
+    assert s.s3.child_variables()["DATASET_REGISTRY_S3_SECRET_ACCESS_KEY"] == SECRET
+
+
+def test_aws_connection_keys_in_the_extra_and_no_keys_at_all(monkeypatch):
+    """As the Amazon provider reads it: keys in login/password, else in the extra; no keys at all
+    means the worker's own credentials, with the connection's endpoint and region."""
+    aws_conn(monkeypatch, extra={"aws_access_key_id": "AKIAX", "aws_secret_access_key": SECRET,
+                                 "service_config": {"s3": {"endpoint_url": "https://s3.internal:8443"}}})
+    s = settings_of(monkeypatch, S3)
+    assert (s.s3.access_key_id, s.s3.secret_access_key, s.s3.endpoint_url) == ("AKIAX", SECRET, "https://s3.internal:8443")
+    aws_conn(monkeypatch, extra={"region_name": "us-east-2"})
+    s = settings_of(monkeypatch, S3, conn_id="reg2")
+    assert s.s3.access_key_id is None and s.s3.region == "us-east-2" and s.s3.secrets == []
+    assert s.s3.child_variables() == {"DATASET_REGISTRY_S3": "1", "DATASET_REGISTRY_S3_REGION": "us-east-2"}
+
+
+def test_s3_remote_without_remote_conn_id_uses_the_workers_credentials(monkeypatch):
+    s = settings_of(monkeypatch, {"repo_url": "/srv/registry.git", "remote_url": "s3://datasets-bucket"})
+    assert s.s3 is None and s.remote_url == "s3://datasets-bucket"
+
+
+@pytest.mark.parametrize("remote, fields, expected", [
+    ({"conn_type": "generic", "login": "AKIA", "password": SECRET}, {},
+     "extra.remote_conn_id names connection 'aws_reg' of type 'generic': it must be an 'aws' connection"),
+    (None, {}, "extra.remote_conn_id names connection 'aws_reg', which does not exist"),
+    ({"conn_type": "aws", "login": "AKIA"}, {}, "the access key id (login) and the secret access key (password) go together"),
+    ({"conn_type": "aws", "password": SECRET}, {}, "go together"),
+    ({"conn_type": "aws", "extra": {"aws_session_token": TOKEN}}, {}, "a session token without an access key"),
+    ({"conn_type": "aws", "login": "AKIA", "password": SECRET, "extra": {"role_arn": "arn:aws:iam::1:role/x"}}, {},
+     "extra.role_arn is not supported"),
+    ({"conn_type": "aws", "extra": {"profile_name": "prod"}}, {}, "extra.profile_name is not supported"),
+    ({"conn_type": "aws", "login": "AKIA", "password": SECRET, "extra": {"endpoint_url": "ftp://minio:21"}}, {},
+     "S3 endpoint_url 'ftp://minio:21' must be an http:// or https:// URL"),
+    ({"conn_type": "aws", "login": "AKIA", "password": SECRET, "extra": {"endpoint_url": f"http://u:{SECRET}@minio"}},
+     {}, "(not shown: it has a user part)"),
+    ({"conn_type": "aws", "login": "AKIA", "password": SECRET, "extra": {"endpoint_url": "http://minio:9000/?x=1"}},
+     {}, "query or fragment"),
+    ({"conn_type": "aws", "login": "AKIA", "password": SECRET, "extra": {"region_name": "eu west"}}, {},
+     "S3 region 'eu west' is not a region name"),
+    ({"conn_type": "aws", "login": "AKIA", "password": SECRET, "extra": {"region_name": 7}}, {},
+     "extra.region_name must be text, got int"),
+    ({"conn_type": "aws", "login": "AKIA", "password": "two words"}, {}, "secret access key must be printable text"),
+    ({"conn_type": "aws", "login": "AKIA", "password": SECRET}, {"remote_url": "/srv/dvc-store"},
+     "remote_url '/srv/dvc-store' is not an s3:// URL: remove remote_conn_id"),
+    ({"conn_type": "aws", "login": "AKIA", "password": SECRET}, {"remote_conn_id": "aws reg; rm -rf /"},
+     "is not a connection id"),
+])
+def test_bad_s3_credentials_are_refused_naming_both_connections(monkeypatch, remote, fields, expected):
+    if remote is not None:
+        aws_conn(monkeypatch, **remote)
+    else:
+        monkeypatch.delenv("AIRFLOW_CONN_AWS_REG", raising=False)
+    with pytest.raises(RegistryConnectionError) as err:
+        settings_of(monkeypatch, {**S3, **fields})
+    text = str(err.value)
+    assert text.startswith("connection 'reg': ") and expected in text, text
+    if "remote_conn_id" not in fields and "remote_url" not in fields:
+        assert "'aws_reg'" in text  # both connections are named
+    assert SECRET not in text and TOKEN not in text and len(text) < 1000
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("s3://ab/x", "is not a valid bucket name"),
+    ("s3://Datasets/x", "is not a valid bucket name"),
+    ("s3://data..sets/x", "is not a valid bucket name"),
+    ("s3://192.168.1.10/x", "is not a valid bucket name"),
+    ("s3://-datasets/x", "is not a valid bucket name"),
+    ("s3://datasets/../x", "the prefix must be"),
+    ("s3://datasets/a/./b", "the prefix must be"),
+    ("s3://datasets/a//b", "the prefix must be"),
+    ("s3://datasets/--upload-pack=x", "the prefix must be"),
+    ("s3://datasets/a b", "the prefix must be"),
+    ("s3://datasets/x?versionId=1", "the prefix must be"),
+    ("s3://datasets/x#frag", "the prefix must be"),
+    ("s3://datasets/x\ty", "the prefix must be"),
+    (f"s3://AKIA:{SECRET}@datasets/x", "no user, password or port in an s3:// URL"),
+    ("s3://datasets:9000/x", "no user, password or port"),
+    ("s3://", "is not a valid bucket name"),
+])
+def test_hostile_s3_urls_are_refused_with_the_rule(monkeypatch, url, expected):
+    with pytest.raises(RegistryConnectionError) as err:
+        settings_of(monkeypatch, {"repo_url": "/srv/registry.git", "remote_url": url})
+    assert expected in str(err.value) and SECRET not in str(err.value)
+
+
+def test_the_form_has_a_labelled_remote_conn_id_field():
+    field = REGISTRY_CONN_FIELDS["remote_conn_id"]
+    assert field["label"] == "S3 credentials connection" and "aws" in field["description"]
+    assert "s3://" in REGISTRY_CONN_FIELDS["remote_url"]["description"]

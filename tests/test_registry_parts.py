@@ -13,6 +13,7 @@ from dataset_registry import dvc_cli
 from dataset_registry.dvc_store import DvcStore, StagingArea, dvc_file_text, gitignore_with, parse_dvc_file
 from dataset_registry.gitcmd import Runner
 from dataset_registry.landing import Landing
+from dataset_registry.s3_remote import S3Access, S3SettingsError
 from dataset_registry.registry import (
     RegistryClient, RegistryError, RegistrySettings, VersionConflictError, VersionNotFoundError,
 )
@@ -137,6 +138,10 @@ def test_a_url_token_never_reaches_argv_config_or_messages(tmp_path):
     ({"key_file": "keys/id"}, "registry setting key_file must be an absolute path"),
     ({"publish_timeout": 0}, "registry setting publish_timeout 0 must be a number of seconds"),
     ({"work_dir": Path("relative/work")}, "registry setting work_dir 'relative/work' must be an absolute path"),
+    ({"remote_url": "s3://Upper_Case/x"}, "registry setting remote_url: S3 remote 's3://Upper_Case/x': bucket"),
+    ({"remote_url": "s3://k:pw-S3cret@bucket/x"}, "registry setting remote_url: S3 remote: no user, password"),
+    ({"s3": S3Access(endpoint_url="http://minio:9000")}, "registry setting s3 (S3 credentials, endpoint, region) is "
+                                                         "only for an s3:// remote_url"),
 ])
 def test_settings_errors_speak_of_the_registry_and_show_no_secret(tmp_path, overrides, says):
     with pytest.raises(RegistryError) as err:
@@ -144,6 +149,65 @@ def test_settings_errors_speak_of_the_registry_and_show_no_secret(tmp_path, over
     message = str(err.value)
     assert says in message and "S3cret" not in message
     assert not any(word in message.lower() for word in AIRFLOW_WORDS), message
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"access_key_id": "AKIA"}, "an access key id without a secret access key"),
+    ({"secret_access_key": "pw-S3cret"}, "a secret access key without an access key id"),
+    ({"endpoint_url": "http://u:pw-S3cret@minio:9000"}, "(not shown: it has a user part)"),
+    ({"endpoint_url": "javascript:alert(1)"}, "must be an http:// or https:// URL"),
+    ({"endpoint_url": "http://minio:99999"}, "must be http(s)://host[:port][/path]"),
+    ({"endpoint_url": "http://minio:9000/a/../b"}, "must be http(s)://host[:port][/path]"),
+    ({"endpoint_url": 'http://minio"/x'}, "without spaces, quotes"),
+    ({"endpoint_url": "http://minio:9000#x"}, "without spaces, quotes, query or fragment"),
+    ({"region": "eu-west-1\n[core]"}, "is not a region name"),
+])
+def test_s3_access_errors_show_no_secret(fields, says):
+    with pytest.raises(S3SettingsError) as err:
+        S3Access(**fields)
+    assert says in str(err.value), str(err.value)
+    assert "S3cret" not in str(err.value)
+    assert not any(word in str(err.value).lower() for word in AIRFLOW_WORDS), str(err.value)
+
+
+def test_s3_credentials_go_to_dvc_children_only_and_are_redacted(tmp_path):
+    access = S3Access("AKIAEXAMPLE", "sec-S3cret", "tok-S3cret", endpoint_url="http://127.0.0.1:9", region="eu-west-1")
+    builder = SubprocessEnv(settings(tmp_path, remote_url="s3://bucket/prefix", s3=access), tmp_path / "askpass")
+    assert not any("S3cret" in value for value in builder.variables().values())  # git never gets them
+    assert builder.dvc_variables() == {"DATASET_REGISTRY_S3": "1", "DATASET_REGISTRY_S3_ACCESS_KEY_ID": "AKIAEXAMPLE",
+                                       "DATASET_REGISTRY_S3_SECRET_ACCESS_KEY": "sec-S3cret",
+                                       "DATASET_REGISTRY_S3_SESSION_TOKEN": "tok-S3cret",
+                                       "DATASET_REGISTRY_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+                                       "DATASET_REGISTRY_S3_REGION": "eu-west-1"}
+    assert set(builder.secrets) >= {"sec-S3cret", "tok-S3cret"}
+    client = RegistryClient(settings(tmp_path, remote_url="s3://bucket/prefix", s3=access))
+    assert client.runner.dvc_env == builder.dvc_variables() and "sec-S3cret" in client.runner.secrets
+    client.store.repo_dir.joinpath(".dvc").mkdir(parents=True)
+    client.store.configure()
+    local = (client.store.repo_dir / ".dvc" / "config.local").read_text()
+    assert 'url = "s3://bucket/prefix"' in local and 'endpointurl = "http://127.0.0.1:9"' in local
+    assert 'region = "eu-west-1"' in local and "S3cret" not in local and "AKIA" not in local
+
+
+def test_ambient_aws_variables_reach_dvc_children_unless_credentials_are_given(tmp_path, monkeypatch):
+    """Without given credentials the worker's AWS_* variables reach the child; with them, the child
+    drops the ambient ones before DVC starts (what ``s3_remote.patch_dvc_s3`` does)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAAMBIENT")
+    monkeypatch.setenv("AWS_PROFILE", "ambient")
+    ambient = RegistryClient(settings(tmp_path, remote_url="s3://bucket/prefix"))
+    assert ambient.runner.env["AWS_ACCESS_KEY_ID"] == "AKIAAMBIENT"
+    assert ambient.runner.dvc_env == {"DATASET_REGISTRY_S3": "1"}  # no credentials: botocore's chain finds them
+    assert RegistryClient(settings(tmp_path)).runner.dvc_env == {}  # not an S3 remote
+    given = RegistryClient(settings(tmp_path, remote_url="s3://bucket/prefix", s3=S3Access("AKIAGIVEN", "sec-S3cret")))
+    given.clone_dir.mkdir(parents=True)
+    code = ("import os, sys; from dataset_registry import s3_remote; s3_remote.patch_dvc_s3(); "
+            "print(os.environ.get('AWS_ACCESS_KEY_ID'), os.environ.get('AWS_PROFILE'), "
+            "os.environ['DATASET_REGISTRY_S3_ACCESS_KEY_ID'])")
+    out = given.runner.run([sys.executable, "-c", code], env=given.runner.dvc_env).stdout.split()
+    assert out == ["None", "None", "AKIAGIVEN"]
+    plain = ambient.runner.run([sys.executable, "-c", code.replace("os.environ['DATASET_REGISTRY_S3_ACCESS_KEY_ID']",
+                                                                   "'-'")]).stdout.split()
+    assert plain == ["AKIAAMBIENT", "ambient", "-"]
 
 
 # ------------------------------------------------------------------ dvc_store

@@ -116,3 +116,56 @@ def test_password_never_reaches_airflow_task_output(tmp_path, password_host, mys
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert run(["git", "-c", "safe.directory=*", "-C", bare, "tag"]).stdout.split() == ["pw/v1"]
     assert_nowhere(password, tmp_path / "work", bare, store, texts=[proc.stdout, proc.stderr])
+
+
+# ------------------------------------------------------------------ S3 remotes: secret key and session token
+from s3_server import make_s3_registry, s3_server  # noqa: E402,F401 - the fixture
+
+
+def test_s3_secret_and_session_token_are_nowhere(tmp_path, s3_server, monkeypatch, caplog):
+    """Temporary credentials (an assumed role: key id, secret, session token) in the aws connection:
+    published and pulled, then neither the secret nor the token is in the registry's history or tracked
+    files, the clone's DVC configs, the worker's folder, the logs or the results; nor in the message of
+    a publish whose token is wrong."""
+    from dataset_registry.hooks.registry_hook import DvcRegistryHook
+
+    reg = make_s3_registry(tmp_path, s3_server)
+    creds = s3_server.session_credentials()
+    secret, token = creds["SecretAccessKey"], creds["SessionToken"]
+    for name in [n for n in os.environ if n.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    env = reg.conn_env(work_dir=str(tmp_path / "work"))
+    aws = json.loads(env["AIRFLOW_CONN_AWS_REGISTRY"])
+    aws.update(login=creds["AccessKeyId"], password=secret)
+    aws["extra"]["aws_session_token"] = token
+    env["AIRFLOW_CONN_AWS_REGISTRY"] = json.dumps(aws)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level(logging.DEBUG)
+
+    client = DvcRegistryHook().get_conn()
+    result = publish(client)
+    info, pulled, _ = client.pull("sales", "train.csv", "v1", tmp_path / "pulled.csv")
+    assert result.created and reg.tags() == ["sales/v1"] and pulled.read_bytes() == b"a\n1\n"
+    assert reg.objects() == {hashlib.md5(b"a\n1\n").hexdigest(): b"a\n1\n"}  # the session credentials did the upload
+
+    history = run(["git", "-C", reg.bare, "log", "--all", "-p", "--format=%H %an %s%n%b"]).stdout
+    tracked = "".join(run(["git", "-C", reg.bare, "show", f"sales/v1:{path}"]).stdout for path in
+                      run(["git", "-C", reg.bare, "ls-tree", "-r", "--name-only", "sales/v1"]).stdout.split())
+    local_config = (client.clone_dir / ".dvc" / "config.local").read_text()
+    assert f"endpointurl = \"{s3_server.endpoint}\"" in local_config  # the endpoint is there, no secret
+    for value in (secret, token):
+        assert_nowhere(value, tmp_path / "work", reg.bare, tmp_path / "pulled.csv",
+                       texts=[caplog.text, history, tracked, local_config, repr(result), repr(info),
+                              repr(DvcRegistryHook().settings)])
+
+    aws["extra"]["aws_session_token"] = token[:-8] + "00000000"
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_REGISTRY", json.dumps(aws))
+    staged_client = DvcRegistryHook().get_conn()
+    with pytest.raises(RegistryError) as err:
+        staged = staged_client.staging_file("sales", "train.csv")
+        staged.write_bytes(b"a\n2\n")
+        staged_client.publish("sales", "train.csv", "v2", staged, hashlib.md5(b"a\n2\n").hexdigest(), 1)
+    assert "session token" in str(err.value) and reg.tags() == ["sales/v1"]
+    for value in (secret, token, token[:-8]):
+        assert value not in str(err.value) and value not in caplog.text

@@ -13,7 +13,9 @@ Settings come from the same connections the DAGs use, in Airflow's environment-v
 (JSON ``{"conn_type": "postgres", "host": ..., "login": ..., "password": ..., "schema": ...}`` or
 ``{"conn_type": "sqlite", "host": "/path/model_db.sqlite"}``, or a ``postgres://user:pw@host:5432/db``
 / ``sqlite:////abs/path.sqlite`` URL), or from flags, which win. No Airflow import: the JSON is
-read here, against the same key list as the hook (``get_provider_info.REGISTRY_CONN_FIELDS``).
+read here, against the same key list as the hook (``get_provider_info.REGISTRY_CONN_FIELDS``). For an
+``s3://`` remote, ``extra.remote_conn_id`` names an ``aws`` connection read from ``AIRFLOW_CONN_<ID>``
+(JSON) as the hook reads it; without it, the AWS credentials botocore finds are used.
 
 Tables for people by default, ``--json`` for machines. Exit codes: 0 done; 1 the registry, the
 model DB or the data said no (unreachable, unknown project or version, files not sorted by the key);
@@ -80,9 +82,6 @@ def _registry_extra(conn_id: str, conn: dict) -> dict:
     values: dict[str, Any] = {}
     for key, value in extra.items():
         field = str(key).removeprefix("extra__dvc_registry__")
-        if field == "remote_conn_id":
-            raise UsageError(f"{name}: extra.remote_conn_id (S3 remotes) is not supported: use an ssh:// or local "
-                             "remote_url")
         if field not in REGISTRY_CONN_FIELDS:
             close = difflib.get_close_matches(field, REGISTRY_CONN_FIELDS, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -147,6 +146,7 @@ def registry_settings(args: argparse.Namespace, environ: dict | None = None):
         timeout = float(timeout)
     except ValueError:
         raise UsageError(f"{env_name(conn_id)}: extra.publish_timeout is not a number of seconds") from None
+    s3 = _s3_access(conn_id, extra, environ) if extra.get("remote_conn_id") else None
     work_dir = extra.get("work_dir") or default_work_dir()
     work_dir = os.path.abspath(os.path.expanduser(str(work_dir)))
     for field in ("key_file", "known_hosts"):
@@ -160,10 +160,42 @@ def registry_settings(args: argparse.Namespace, environ: dict | None = None):
             key_file=extra.get("key_file"), known_hosts=extra.get("known_hosts"),
             check_host_keys=not _flag(f"{env_name(conn_id)}: extra.no_host_key_check",
                                       extra.get("no_host_key_check", False)),
-            publish_timeout=timeout,
+            publish_timeout=timeout, s3=s3,
         )
     except RegistryError as exc:
         raise UsageError(f"{exc} (from {env_name(conn_id) if raw else 'the flags'} and the flags)") from None
+
+
+def _s3_access(conn_id: str, extra: dict, environ):
+    """An S3 remote's credentials from the ``aws`` connection named in extra.remote_conn_id, read
+    from ``AIRFLOW_CONN_<ID>`` (JSON) as the hook reads it from Airflow."""
+    from dataset_registry.registry_errors import RegistryError
+    from dataset_registry.s3_remote import access_from_aws_connection
+
+    where = f"{env_name(conn_id)}: extra.remote_conn_id names {str(extra['remote_conn_id'])[:80]!r}"
+    remote_id = str(extra["remote_conn_id"])
+    if not remote_id.replace("_", "").replace("-", "").replace(".", "").isalnum() or not remote_id.isascii():
+        raise UsageError(f"{where}, which is not a connection id (letters, digits, '_', '-', '.')")
+    if not str(extra.get("remote_url", "")).startswith("s3://"):
+        raise UsageError(f"{where}, S3 credentials, but remote_url is not an s3:// URL: remove remote_conn_id")
+    raw = environ.get(env_name(remote_id))
+    if not raw or not raw.lstrip().startswith("{"):
+        raise UsageError(f"{where}: set {env_name(remote_id)} to that aws connection's JSON "
+                         '(\'{"conn_type": "aws", "login": "<access key id>", "password": "<secret>", "extra": '
+                         '{"region_name": "..."}}\')')
+    conn = _load_conn_json(remote_id, raw)
+    if conn.get("conn_type") != "aws":
+        raise UsageError(f"{where}, of conn_type {str(conn.get('conn_type'))[:40]!r}: it must be 'aws'")
+    remote_extra = conn.get("extra") or {}
+    if isinstance(remote_extra, str):
+        try:
+            remote_extra = json.loads(remote_extra)
+        except ValueError:
+            raise UsageError(f"{env_name(remote_id)}: extra is text that is not JSON: make it a JSON object") from None
+    try:
+        return access_from_aws_connection(conn.get("login"), conn.get("password"), remote_extra)
+    except RegistryError as exc:
+        raise UsageError(f"{where}: {exc}") from None
 
 
 def _sqlalchemy_url(text: str, where: str) -> str:

@@ -1,9 +1,10 @@
-"""``python -m dataset_registry.dvc_cli ARGS``: DVC's own CLI with SSH credentials from memory.
+"""``python -m dataset_registry.dvc_cli ARGS``: DVC's own CLI with SSH and S3 credentials from memory.
 
 DVC's SSH plugin would read a password or key from ``.dvc/config.local`` and, through sshfs, does
 not check host keys at all. This entry point injects, from environment variables set only for the
 child process, the user, password, key file and known_hosts policy, so no secret touches a file and
-host keys are verified unless the connection opts out.
+host keys are verified unless the connection opts out; likewise an S3 remote's access key, secret
+and session token (``s3_remote.patch_dvc_s3``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import re
 import shutil
 import sys
 import uuid
+
+from dataset_registry import s3_remote
 
 MD5_HEX = re.compile(r"[0-9a-f]{32}")  # also what makes an md5 from the registry safe to use as a path
 ENV_USER = "DATASET_REGISTRY_SSH_USER"
@@ -70,10 +73,10 @@ def _remote_md5(fs, path: str) -> tuple[str, str]:
     """(md5 of the object's bytes on the remote, how it was computed).
 
     Over SSH the remote host hashes it (``md5sum``, through sshfs) when it offers a shell; otherwise
-    (SFTP-only accounts, local paths) the bytes are read back and hashed here. Either way the
-    content is proven, not just the size.
+    (SFTP-only accounts, local paths, S3 objects whose ETag is not their md5) the bytes are read back
+    and hashed here. Either way the content is proven, not just the size.
     """
-    checksum = getattr(getattr(fs, "fs", None), "checksum", None)
+    checksum = None if s3_remote.is_s3(fs) else getattr(getattr(fs, "fs", None), "checksum", None)
     if checksum is not None:
         try:
             value = str(checksum(path)).strip().lower()
@@ -99,6 +102,10 @@ def _state(fs, path: str, md5: str, size: int) -> str:
                                 "by hand (nothing was uploaded)")
     if int(info.get("size", -1)) != size:
         return f"corrupt: object {md5} has {info.get('size')} bytes on the remote, expected {size}"
+    if s3_remote.is_s3(fs) and s3_remote.etag_md5(info) == md5:
+        # S3 computes a single-part object's ETag as the md5 of the bytes it stored: that is the proof.
+        return (f"ok: object {md5} ({size} bytes) is on the remote, content verified (S3 ETag = md5 of a "
+                "single-part upload)")
     actual, how = _remote_md5(fs, path)
     if actual != md5:
         return f"corrupt: object {md5} on the remote holds bytes with md5 {actual}"
@@ -112,7 +119,12 @@ def _protocols(fs) -> tuple:
 
 def _upload(fs, local: str, path: str) -> None:
     """Upload to a temporary name beside the object, then rename over it (atomic on SFTP with
-    posix-rename and on local paths). The temporary file is removed on every failure."""
+    posix-rename and on local paths). The temporary file is removed on every failure. On S3 a PUT is
+    atomic already (readers see the old object or the new one, never a part), and a rename would be
+    a copy plus a delete: the object is uploaded straight to its name."""
+    if s3_remote.is_s3(fs):
+        fs.put_file(local, path)
+        return
     parent, name = path.rsplit("/", 1)
     tmp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
@@ -146,7 +158,7 @@ def ensure_remote(remote: str, md5: str, size: int, local: str | None) -> int:
         try:
             state = _state(fs, path, md5, size)
         except Exception as exc:  # noqa: BLE001 - reported with the remote's reason, exit 1
-            print(f"error: cannot read object {md5} on the remote: {_reason(exc)}")
+            print(f"error: cannot read object {md5} on the remote: {_why(odb, exc)}")
             return 1
         if not state.startswith("ok") and local:
             print(f"{state}: uploading it", flush=True)
@@ -154,10 +166,27 @@ def ensure_remote(remote: str, md5: str, size: int, local: str | None) -> int:
                 _upload(fs, local, path)
                 state = _state(fs, path, md5, size)
             except Exception as exc:  # noqa: BLE001 - reported with the remote's reason, exit 1
-                print(f"error: {state}, and uploading it failed: {_reason(exc)}")
+                print(f"error: {state}, and uploading it failed: {_why(odb, exc)}")
                 return 1
     print(state)
     return 0 if state.startswith("ok") else 1
+
+
+def _why(odb, exc: BaseException) -> str:
+    """The remote's reason for ``exc``; on S3 in words (a HEAD's 403 or 404 carries no error code,
+    so the bucket is asked once more, by a listing whose error says which)."""
+    if not s3_remote.is_s3(odb.fs):
+        return _reason(exc)
+    bucket, prefix = _bucket_and_prefix(odb)
+    if not s3_remote.is_bare_refusal(exc):  # it says why already (or S3 was not reached at all)
+        return s3_remote.explain(exc, bucket)
+    return s3_remote.diagnose(odb.fs, bucket, prefix) or s3_remote.explain(exc, bucket)
+
+
+def _bucket_and_prefix(odb) -> tuple[str, str]:
+    """An S3 remote's bucket and the key prefix of its objects (``bucket/prefix/files/md5``)."""
+    bucket, _, prefix = str(odb.path).partition("/")
+    return bucket, prefix
 
 
 def fetch_object(remote: str, md5: str, dest: str) -> int:
@@ -173,7 +202,11 @@ def fetch_object(remote: str, md5: str, dest: str) -> int:
             try:
                 fs.info(path)
             except FileNotFoundError:
-                print(f"missing: object {md5} is not on the remote")
+                reason = s3_remote.diagnose(fs, *_bucket_and_prefix(odb)) if s3_remote.is_s3(fs) else None
+                print(f"missing: object {md5} is not on the remote" + (f" ({reason})" if reason else ""))
+                return 1
+            except Exception as exc:  # noqa: BLE001 - reported with the remote's reason, exit 1
+                print(f"error: cannot read object {md5} on the remote: {_why(odb, exc)}")
                 return 1
             digest = hashlib.md5()
             os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -202,6 +235,7 @@ def fetch_object(remote: str, md5: str, dest: str) -> int:
 
 def main(argv: list[str]) -> int:
     _patch_ssh()
+    s3_remote.patch_dvc_s3()
     if argv[:1] in (["ensure-remote"], ["fetch-object"]) and (len(argv) < 3 or not MD5_HEX.fullmatch(argv[2])):
         print(f"error: {argv[0]} needs a 32-hex-digit md5, got {argv[2:3]}")
         return 2

@@ -5,7 +5,8 @@ from the registry becomes a path only after it is checked to be 32 lowercase hex
 can push to the registry writes those values). Fresh exports replace what the cache holds under
 their md5; objects leave the cache only through a copy that is hashed on the way. The remote is
 checked and filled by ``dvc_cli``'s object-level commands, which hash the remote's content rather
-than trust its size.
+than trust its size (on S3, an ETag equal to the md5, which S3 computes for a single-part upload
+from the bytes it stored, is that hash; any other ETag means reading the object back).
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -79,16 +79,20 @@ class DvcStore:
     """The local DVC cache of one worker, and the DVC remote as the working clone's DVC sees it.
 
     :param cache_dir: the worker's DVC cache (created on first use)
-    :param remote_url: the DVC remote (``ssh://…`` or an absolute path)
+    :param remote_url: the DVC remote (``ssh://…``, ``s3://…`` or an absolute path)
     :param repo_dir: the working clone: ``dvc_cli`` runs there, and its git-ignored DVC config points here
-    :param runner: runs ``dvc_cli`` (its environment carries the SSH credentials; output is redacted)
+    :param runner: runs ``dvc_cli`` (its environment carries the SSH/S3 credentials; output is redacted)
+    :param remote_options: more options of the remote for the git-ignored config (an S3 endpoint and
+        region; never a secret)
     """
 
-    def __init__(self, cache_dir: Path, remote_url: str, repo_dir: Path, runner: Runner):
+    def __init__(self, cache_dir: Path, remote_url: str, repo_dir: Path, runner: Runner,
+                 remote_options: dict[str, str] | None = None):
         self.cache_dir = Path(cache_dir)
         self.remote_url = remote_url
         self.repo_dir = Path(repo_dir)
         self.runner = runner
+        self.remote_options = dict(remote_options or {})
 
     def object_path(self, md5: str) -> Path:
         """Where the cache keeps the object with this md5 (which must be 32 lowercase hex digits)."""
@@ -100,8 +104,8 @@ class DvcStore:
         return self.object_path(md5).is_file()
 
     def configure(self) -> None:
-        """Run-time DVC settings of the working clone, git-ignored: remote URL and this worker's shared
-        cache. No secrets (they travel in the environment)."""
+        """Run-time DVC settings of the working clone, git-ignored: remote URL (and an S3 endpoint and
+        region) and this worker's shared cache. No secrets (they travel in the environment)."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         text = (
             "[cache]\n"
@@ -110,6 +114,8 @@ class DvcStore:
             f"['remote \"{DVC_REMOTE}\"']\n"
             f'    url = "{self.remote_url}"\n'
         )
+        for name, value in sorted(self.remote_options.items()):  # validated: no quotes, no line breaks
+            text += f'    {name} = "{value}"\n'
         path = self.repo_dir / ".dvc" / "config.local"
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
@@ -193,7 +199,7 @@ class DvcStore:
 
     def _tool(self, *args: str):
         """Our ``dvc_cli`` sub-commands (object-level work on the DVC remote); output redacted."""
-        proc = self.runner.run([sys.executable, "-m", "dataset_registry.dvc_cli", *args], check=False)
+        proc = self.runner.dvc_process(*args)
         proc.stdout = redact(proc.stdout or "", self.runner.secrets)
         proc.stderr = redact(proc.stderr or "", self.runner.secrets)
         return proc

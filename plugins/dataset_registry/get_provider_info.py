@@ -20,7 +20,14 @@ REGISTRY_CONN_FIELDS: dict[str, dict] = {
     "remote_url": {
         "label": "DVC remote",
         "schema": {"type": ["string", "null"]},
-        "description": "where the data lives: ssh://[user@]host[:port]/path or a local path.",
+        "description": "where the data lives: ssh://[user@]host[:port]/path, s3://bucket/prefix or a local path.",
+    },
+    "remote_conn_id": {
+        "label": "S3 credentials connection",
+        "schema": {"type": ["string", "null"]},
+        "description": "for an s3:// remote: the id of an 'aws' connection (access key id in login, secret in "
+                       "password; endpoint_url, region_name, aws_session_token in its extra). Empty: the worker's "
+                       "own AWS credentials (AWS_* variables, ~/.aws, instance role).",
     },
     "branch": {
         "label": "Branch",
@@ -77,6 +84,7 @@ def get_provider_info() -> dict:
                 "dataset_registry.hooks.registry_hook",
                 "dataset_registry.hooks.mysql_source_hook",
                 "dataset_registry.hooks.model_db_hook",
+                "dataset_registry.hooks.mlflow_hook",
             ],
         }],
         "operators": [{

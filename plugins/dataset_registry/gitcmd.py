@@ -38,12 +38,14 @@ class Runner:
     :param timeout: seconds a command may run
     :param before_first_run: set-up the environment relies on (e.g. a helper program it names), run
         once before the first command, so that building a Runner touches no disk
+    :param dvc_env: variables added for ``dvc_cli`` children only (credentials git never needs)
     """
 
     def __init__(self, cwd: Path, env: dict[str, str], secrets: Sequence[str] = (), timeout: float = 3600,
-                 before_first_run: Callable[[], None] | None = None):
+                 before_first_run: Callable[[], None] | None = None, dvc_env: dict[str, str] | None = None):
         self.cwd = Path(cwd)
         self.env = env
+        self.dvc_env = dict(dvc_env or {})
         self.secrets = [s for s in secrets if s]
         self.timeout = timeout
         self._before_first_run = before_first_run
@@ -75,7 +77,13 @@ class Runner:
         return self.run(["git", *args], check=check, what=what, input_text=input_text, env=env).stdout.strip()
 
     def dvc(self, *args: str, what: str | None = None) -> str:
-        return self.run([sys.executable, "-m", "dataset_registry.dvc_cli", *args], what=what).stdout
+        """DVC's CLI through ``dvc_cli`` (checked); its stdout."""
+        return self.dvc_process(*args, check=True, what=what).stdout
+
+    def dvc_process(self, *args: str, check: bool = False, what: str | None = None) -> subprocess.CompletedProcess:
+        """``python -m dataset_registry.dvc_cli ARGS`` with ``dvc_env`` added."""
+        return self.run([sys.executable, "-m", "dataset_registry.dvc_cli", *args], check=check, what=what,
+                        env=self.dvc_env or None)
 
     @staticmethod
     def _name(args: Sequence[str]) -> str:

@@ -6,8 +6,9 @@ Publish, under the working clone's flock:
 2. the export (hashed while it was written) replaces whatever the DVC cache holds under that md5;
 3. if the tag exists: different md5 -> VersionConflictError naming both md5s; same md5 -> step 4,
    then done without a commit (this is how a lost remote object is restored);
-4. the object's CONTENT on the DVC remote is hashed; missing or wrong -> uploaded from the cache and
-   hashed again. Nothing is proposed before the remote content is proven;
+4. the object's CONTENT on the DVC remote is hashed (on S3: an ETag equal to the md5 counts, else it
+   is read back); missing or wrong -> uploaded from the cache and hashed again. Nothing is proposed
+   before the remote content is proven;
 5. propose, then land in batches (``landing``): rounds lost to other publishers are retried with
    full-jitter exponential back-off until ``publish_timeout`` (a deadline, not an attempt count); a
    proposal that vanished is proposed again. Only the run whose publish id is in the tag reports

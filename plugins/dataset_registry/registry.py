@@ -4,6 +4,7 @@
 ``RegistrySettings``, and each part changes for one reason:
 - ``registry_settings``: what a registry is, every value checked before any command sees it;
 - ``ssh_env``: the environment of git/DVC children (SSH options, host keys, askpass, URL tokens);
+- ``s3_remote``: S3 remotes (URL rules, credentials for DVC's S3 filesystem, ETag as proof);
 - ``working_clone``: the worker's clone (flock, repair, sync, initialization) and its tags;
 - ``dvc_store``: the worker's DVC cache, verified copies out of it, the DVC remote's content;
 - ``landing``: proposals, and landing them in batches by one atomic push;
@@ -63,10 +64,11 @@ class RegistryClient(PublishProtocol):
         env = SubprocessEnv(settings, self.work_dir / ASKPASS_NAME)
         self.repo_url = env.repo_url  # without a token: as written to .git/config and shown in messages
         self.runner = Runner(self.clone_dir, env.variables(), secrets=env.secrets,
-                             before_first_run=env.install_askpass)
+                             before_first_run=env.install_askpass, dvc_env=env.dvc_variables())
         clone = WorkingClone(self.clone_dir, self.lock_path, self.repo_url, settings.branch, settings.remote_url,
                              self.runner)
-        store = DvcStore(self.cache_dir, settings.remote_url, self.clone_dir, self.runner)
+        store = DvcStore(self.cache_dir, settings.remote_url, self.clone_dir, self.runner,
+                         remote_options=settings.s3.dvc_remote_options() if settings.s3 is not None else None)
         super().__init__(settings, clone, RegistryVersions(clone), store, Landing(clone))
 
     @property

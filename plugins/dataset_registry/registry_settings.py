@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataset_registry.registry_errors import RegistryError
+from dataset_registry.s3_remote import S3Access, parse_s3_url
 from dataset_registry.ssh_env import split_url_credentials
 
 DEFAULT_PUBLISH_TIMEOUT = 900.0  # seconds a push may keep losing races to other publishers
@@ -30,7 +31,8 @@ class RegistrySettings:
 
     :param repo_url: the registry repository: absolute path, ``ssh://``, ``file://``, ``https://`` or
         ``user@host:path`` (a token in an https URL is used through askpass, never stored)
-    :param remote_url: the DVC remote: ``ssh://[user@]host[:port]/path`` or an absolute local path
+    :param remote_url: the DVC remote: ``ssh://[user@]host[:port]/path``, ``s3://bucket/prefix`` or an
+        absolute local path
     :param work_dir: the worker's absolute folder for working clones, the DVC cache and staging files
     :param branch: the registry branch versions land on
     :param ssh_user: SSH login for the repository and the remote
@@ -39,6 +41,8 @@ class RegistrySettings:
     :param known_hosts: absolute path of the known_hosts file (default: the user's)
     :param check_host_keys: verify SSH host keys (the default); False accepts any host key
     :param publish_timeout: seconds a publish may keep losing push races before it gives up (1 to 86400)
+    :param s3: credentials, endpoint and region of an ``s3://`` remote (``s3_remote.S3Access``); None:
+        whatever botocore finds on the worker (``AWS_*`` variables, ``~/.aws``, an instance role)
     """
 
     repo_url: str
@@ -51,6 +55,7 @@ class RegistrySettings:
     known_hosts: str | None = None
     check_host_keys: bool = True
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
+    s3: S3Access | None = None
 
     def __post_init__(self):
         for name in ("repo_url", "remote_url"):
@@ -62,9 +67,20 @@ class RegistrySettings:
         if not (self.repo_url.startswith(("ssh://", "file://", "https://", "http://", "/")) or _SCP_LIKE.match(self.repo_url)):
             raise RegistryError(f"registry setting repo_url {_shown(self.repo_url)} must be an absolute path, "
                                 "ssh://, file://, https:// or user@host:path")
-        if not (self.remote_url.startswith("/") or _SSH_URL.match(self.remote_url)):
+        if self.remote_url.startswith("s3://"):
+            try:
+                parse_s3_url(self.remote_url)
+            except RegistryError as exc:
+                raise RegistryError(f"registry setting remote_url: {exc}") from None
+        elif not (self.remote_url.startswith("/") or _SSH_URL.match(self.remote_url)):
             raise RegistryError(f"registry setting remote_url {_shown(self.remote_url)} must be "
-                                "ssh://[user@]host[:port]/path or an absolute local path")
+                                "ssh://[user@]host[:port]/path, s3://bucket/prefix or an absolute local path")
+        if self.s3 is not None:
+            if not isinstance(self.s3, S3Access):
+                raise RegistryError("registry setting s3 must be an S3Access")
+            if not self.remote_url.startswith("s3://"):
+                raise RegistryError(f"registry setting s3 (S3 credentials, endpoint, region) is only for an s3:// "
+                                    f"remote_url, and {_shown(self.remote_url)} is not one")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}", self.branch) or ".." in self.branch:
             raise RegistryError(f"registry setting branch {self.branch!r} is not a valid branch name")
         for name in ("key_file", "known_hosts"):

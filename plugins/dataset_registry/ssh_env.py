@@ -3,7 +3,8 @@ argv or in a file.
 
 A password (the settings' SSH password, or a token written into an https URL) reaches git through an
 askpass program that reads it from a variable set only for the child process, and reaches DVC's SSH
-filesystem through ``dvc_cli``'s variables. Host keys are checked unless the settings opt out.
+filesystem through ``dvc_cli``'s variables. Host keys are checked unless the settings opt out. An S3
+remote's credentials (``s3_remote``) go to ``dvc_cli`` children only, never to git.
 Building the environment is pure; the askpass script (which holds no secret) is written on first use.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import unquote
 
 from dataset_registry import dvc_cli
 from dataset_registry.gitcmd import base_env
+from dataset_registry.s3_remote import S3Access
 
 if TYPE_CHECKING:
     from dataset_registry.registry_settings import RegistrySettings
@@ -73,6 +75,8 @@ class SubprocessEnv:
         # https://<token>@host: the whole user part is the secret, answered through askpass too
         self.url_token_user = url_user if url_password is None and url_user else None
         self.secrets = [s for s in (settings.ssh_password, url_password, self.url_token_user) if s]  # redacted
+        if settings.s3 is not None:
+            self.secrets += settings.s3.secrets
 
     @property
     def uses_askpass(self) -> bool:
@@ -118,6 +122,12 @@ class SubprocessEnv:
         if not s.check_host_keys:
             env[dvc_cli.ENV_NO_HOST_KEY_CHECK] = "1"
         return env
+
+    def dvc_variables(self) -> dict[str, str]:
+        """Variables for ``dvc_cli`` children only (git never sees them): an S3 remote's credentials."""
+        if not self.settings.remote_url.startswith("s3://"):
+            return {}
+        return (self.settings.s3 or S3Access()).child_variables()
 
     def install_askpass(self) -> None:
         """Write the askpass script when a password is in use and it is not there yet (atomically:

@@ -1,7 +1,8 @@
 """`make bench` (fan-in part): N projects publish at the same moment, each from its own worker (own
-working clone and DVC cache), to one registry served over a loopback sshd. Prints wall time,
-publishes per second, p50/p99 latency, git pushes per publish and failures, for the current publish
-protocol and for the previous one (fixed 20 attempts, full checkout per retry), side by side.
+working clone and DVC cache), to one registry served over a loopback sshd (``--remote s3``: git over
+the sshd, the data on the test S3 server, see ``tests/s3_server.py``). Prints wall time, publishes
+per second, p50/p99 latency, git pushes per publish and failures, for the current publish protocol
+and for the previous one (fixed 20 attempts, full checkout per retry), side by side.
 
 Figures, not assertions: `tests/test_fan_in.py` is the pass/fail check (64 publishers, in make test).
 """
@@ -97,8 +98,13 @@ def publish_at_once(client_class, registry, root: Path, count: int) -> dict:
     return outcomes
 
 
-def run_round(client_class, count: int, root: Path, sshd) -> dict:
+def run_round(client_class, count: int, root: Path, sshd, s3=None) -> dict:
     registry = make_registry(root, sshd)
+    if s3 is not None:  # the same git registry, the data on S3
+        from s3_server import make_s3_registry
+
+        bucket_registry = make_s3_registry(root / "s3", s3)
+        registry = _SshGitS3Data(registry, bucket_registry)
     started = time.monotonic()
     outcomes = publish_at_once(client_class, registry, root, count)
     wall = time.monotonic() - started
@@ -112,20 +118,47 @@ def run_round(client_class, count: int, root: Path, sshd) -> dict:
     }
 
 
+class _SshGitS3Data:
+    """The registry over SSH (git) with its DVC remote on S3: settings and counts as the benchmark reads them."""
+
+    def __init__(self, ssh_registry, s3_registry):
+        self.ssh, self.s3 = ssh_registry, s3_registry
+
+    def settings(self, work_dir):
+        from dataclasses import replace
+
+        return replace(self.ssh.settings(work_dir), remote_url=self.s3.remote_url, s3=self.s3.access())
+
+    def commit_count(self) -> int:
+        return self.ssh.commit_count()
+
+    def tags(self) -> list[str]:
+        return self.ssh.tags()
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--publishers", type=int, default=100)
+    ap.add_argument("--remote", choices=("ssh", "s3"), default="ssh", help="where the DVC remote is (git is over SSH)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fan-in-") as tmp:
         sshd = make_sshd(Path(tmp) / "sshd")
+        s3 = None
         try:
+            if args.remote == "s3":
+                from s3_server import start_s3_server
+
+                s3 = start_s3_server(Path(tmp) / "moto")
             results = {}
             for name, cls in (("this protocol", RegistryClient), ("previous protocol", PreviousProtocolClient)):
                 print(f"fan-in: {args.publishers} publishers at once, {name}...", flush=True)
-                results[name] = run_round(cls, args.publishers, Path(tmp) / name.replace(" ", "-"), sshd)
+                results[name] = run_round(cls, args.publishers, Path(tmp) / name.replace(" ", "-"), sshd, s3)
         finally:
             sshd.stop()
-    print(f"\nFan-in: {args.publishers} projects publishing at the same moment, one worker each, registry over SSH")
+            if s3 is not None:
+                s3.stop()
+    where = "registry over SSH" + (", data on S3" if args.remote == "s3" else "")
+    print(f"\nFan-in: {args.publishers} projects publishing at the same moment, one worker each, {where}")
     print(f"| protocol | ok | failed | wall | publishes/s | p50 latency | p99 latency | git pushes per publish |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():

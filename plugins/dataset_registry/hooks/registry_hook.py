@@ -2,27 +2,37 @@
 
 The connection type ``dvc_registry`` has a form (declared in ``get_provider_info``): labelled fields
 for the repository and remote URLs, branch, SSH user/password, key and known_hosts files, the
-host-key switch, the worker directory and the publish timeout. Connections made as ``generic`` with
-the same keys in the JSON extra keep working. An extra key the form does not know is refused, naming
+host-key switch, the worker directory, the publish timeout and, for an ``s3://`` remote, the ``aws``
+connection holding its credentials (``remote_conn_id``). Connections made as ``generic`` with the
+same keys in the JSON extra keep working. An extra key the form does not know is refused, naming
 the key (a misspelled ``no_host_key_checks`` must not silently turn into "check host keys").
+
+Both connections are read here and become plain settings (``RegistrySettings`` with an
+``s3_remote.S3Access``); the secret and session token are registered with Airflow's log masker and
+otherwise only travel to the ``dvc_cli`` child processes' environment.
 """
 from __future__ import annotations
 
 import difflib
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 
 from dataset_registry.connection_ids import REGISTRY_CONN_ID
 from dataset_registry.get_provider_info import REGISTRY_CONN_FIELDS
 from dataset_registry.paths import worker_path
 from dataset_registry.registry import DEFAULT_PUBLISH_TIMEOUT, RegistryClient, RegistryError, RegistrySettings
+from dataset_registry.s3_remote import S3Access, access_from_aws_connection
+from dataset_registry.ssh_env import split_url_credentials
 
 CONN_TYPE = "dvc_registry"
 ACCEPTED_CONN_TYPES = (CONN_TYPE, "generic")
+AWS_CONN_TYPE = "aws"  # the Amazon provider's type; that provider need not be installed
+_CONN_ID = re.compile(r"[A-Za-z0-9_.-]{1,250}")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -35,6 +45,16 @@ def _short(value: Any, limit: int = 80) -> str:
     """A value as an error message may quote it: repr, cut to ``limit`` characters."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _mask(secrets: list[str]) -> None:
+    """Register secrets with Airflow's log masker (task logs show *** instead)."""
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - older task SDKs: the redaction in gitcmd still applies
+        return
+    for secret in secrets:
+        mask_secret(secret)
 
 
 def default_work_dir() -> Path:
@@ -68,9 +88,6 @@ class DvcRegistryHook(BaseHook):
         values: dict[str, Any] = {}
         for key, value in extra.items():
             name = str(key).removeprefix(f"extra__{CONN_TYPE}__")
-            if name == "remote_conn_id":
-                raise self._error("extra.remote_conn_id (S3 remotes with credentials from an aws connection) is "
-                                  "not supported by this version: use an ssh:// or local remote_url")
             if name not in REGISTRY_CONN_FIELDS:
                 close = difflib.get_close_matches(name, REGISTRY_CONN_FIELDS, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
@@ -114,6 +131,8 @@ class DvcRegistryHook(BaseHook):
                 raise self._error(f"extra.{name} is required (see the README's connection section)")
         flags = {"check_host_keys": not self._flag("no_host_key_check", extra.get("no_host_key_check", False)),
                  "publish_timeout": self._seconds("publish_timeout", extra.get("publish_timeout", DEFAULT_PUBLISH_TIMEOUT))}
+        if extra.get("remote_conn_id"):
+            flags["s3"] = self._s3_access(str(extra["remote_conn_id"]), str(extra["remote_url"]))
         try:
             return RegistrySettings(
                 repo_url=str(extra["repo_url"]),
@@ -129,6 +148,31 @@ class DvcRegistryHook(BaseHook):
         except RegistryError as exc:
             hint = "; set extra.work_dir or DATASET_WORK_DIR to one" if "setting work_dir" in str(exc) else ""
             raise self._error(f"{exc}{hint}") from None
+
+    def _s3_access(self, remote_conn_id: str, remote_url: str) -> S3Access:
+        """The S3 remote's credentials, endpoint and region from the ``aws`` connection ``remote_conn_id``."""
+        if not _CONN_ID.fullmatch(remote_conn_id):
+            raise self._error(f"extra.remote_conn_id {_short(remote_conn_id)} is not a connection id (letters, digits, "
+                              "'_', '-', '.')")
+        if not remote_url.startswith("s3://"):
+            shown = split_url_credentials(remote_url)[0]
+            raise self._error(f"extra.remote_conn_id {remote_conn_id!r} names S3 credentials, but remote_url "
+                              f"{_short(shown)} is not an s3:// URL: remove remote_conn_id, or make the remote "
+                              "s3://bucket/prefix")
+        where = f"extra.remote_conn_id names connection {remote_conn_id!r}"
+        try:
+            conn = self.get_connection(remote_conn_id)
+        except AirflowNotFoundException:
+            raise self._error(f"{where}, which does not exist: create an 'aws' connection with that id") from None
+        if conn.conn_type != AWS_CONN_TYPE:
+            raise self._error(f"{where} of type {conn.conn_type!r}: it must be an {AWS_CONN_TYPE!r} connection (access "
+                              "key id in login, secret in password, endpoint_url/region_name in its extra)")
+        try:
+            access = access_from_aws_connection(conn.login, conn.password, conn.extra_dejson)
+        except RegistryError as exc:
+            raise self._error(f"{where}: {exc}") from None
+        _mask(access.secrets)
+        return access
 
     @cached_property
     def client(self) -> RegistryClient:
