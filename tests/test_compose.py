@@ -64,7 +64,7 @@ def test_every_mounted_repo_file_exists():
 
 def test_celery_profile_adds_redis_and_two_workers_without_touching_the_default_stack():
     services = load()["services"]
-    profiled = {name for name, service in services.items() if service.get("profiles")}
+    profiled = {name for name, service in services.items() if "celery" in (service.get("profiles") or [])}
     assert profiled == {"redis", *WORKERS}
     assert all(services[name]["profiles"] == ["celery"] for name in profiled)
     redis = services["redis"]
@@ -112,3 +112,32 @@ def test_with_the_celery_executor_every_airflow_service_uses_the_broker():
         env = environment(services[name], AIRFLOW_EXECUTOR="CeleryExecutor")
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__CELERY__BROKER_URL"] == environment(services["worker-1"])["AIRFLOW__CELERY__BROKER_URL"]
+
+
+def test_mlflow_profile_adds_an_official_mlflow_server_on_loopback_with_a_sqlite_volume():
+    compose = load()
+    services = compose["services"]
+    assert {name for name, service in services.items() if service.get("profiles")} == {"redis", *WORKERS, "mlflow"}
+    mlflow = services["mlflow"]
+    assert mlflow["profiles"] == ["mlflow"] and mlflow["image"] == "ghcr.io/mlflow/mlflow:v3.17.2"
+    command = mlflow["command"]
+    assert command[:2] == ["mlflow", "server"]
+    option = {command[i]: command[i + 1] for i in range(2, len(command) - 1) if command[i].startswith("--")}
+    backend = option["--backend-store-uri"]
+    assert backend.startswith("sqlite:////")
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in mlflow["volumes"]}
+    # the SQLite file and the artifacts live in a named volume, not in the container's layer
+    data_mount = next(target for target in mounts if backend[len("sqlite:///"):].startswith(target + "/"))
+    assert mounts[data_mount] in compose["volumes"]
+    assert option["--artifacts-destination"].startswith(data_mount + "/")
+    port = option["--port"]
+    # published on the host's loopback only, never on every interface
+    assert mlflow["ports"] == [f"127.0.0.1:{port}:{port}"]
+    # the Airflow containers reach it by service name: the server must accept that Host header
+    assert f"mlflow:{port}" in option["--allowed-hosts"].split(",")
+    # the default stack never needs it; the connection that projects opt into points at it
+    for name, service in default_stack(services).items():
+        assert "mlflow" not in (service.get("depends_on") or {}), name
+    for name in (*AIRFLOW_SERVICES, *WORKERS):
+        conn = json.loads(environment(services[name])["AIRFLOW_CONN_MLFLOW"])
+        assert conn == {"conn_type": "http", "host": f"http://mlflow:{port}"}, name

@@ -6,3 +6,6 @@ A plain module so that ``project_config`` (below the hooks) can use them without
 MYSQL_CONN_ID = "mysql_raw"
 REGISTRY_CONN_ID = "dvc_registry"
 MODEL_DB_CONN_ID = "model_db"
+# Optional (a project's ``mlflow_conn_id``; tracking is off when a project names none): the default of
+# the MLflow hook, used only when an operator is given no id at all.
+MLFLOW_CONN_ID = "mlflow_default"

@@ -157,8 +157,12 @@ def build_train_dag(cfg: ProjectConfig) -> DAG:
         doc_md=(
             f"### Train on `{cfg.project}` datasets\n\nScheduled on `{asset.uri}`: every published version "
             "triggers it. Pulls the version (param > triggering event > newest), verifies its md5, runs "
-            f"`{cfg.train or 'dataset_registry.profile:profile'}` and writes one experiment to the model DB "
-            f"(`{cfg.model_db_conn_id}`) with `training_dataset` = the tag. Re-running a run updates its row."
+            f"`{cfg.train or 'dataset_registry.profile:profile'}`"
+            + (" (a notebook, run with papermill)" if cfg.train_is_notebook else "")
+            + f" and writes one experiment to the model DB (`{cfg.model_db_conn_id}`) with `training_dataset` = "
+            "the tag. Re-running a run updates its row."
+            + (f" Also logs one MLflow run per Airflow run (connection `{cfg.mlflow_conn_id}`, experiment "
+               f"`{cfg.mlflow_experiment or cfg.project}`)." if cfg.mlflow_conn_id else "")
         ),
         default_args={"owner": cfg.owner, "retries": cfg.retries, "retry_delay": timedelta(seconds=cfg.retry_delay_seconds),
                       "retry_exponential_backoff": True},
@@ -174,6 +178,9 @@ def build_train_dag(cfg: ProjectConfig) -> DAG:
             model_name=cfg.model_name,
             registry_conn_id=cfg.registry_conn_id,
             model_db_conn_id=cfg.model_db_conn_id,
+            mlflow_conn_id=cfg.mlflow_conn_id,
+            mlflow_experiment=cfg.mlflow_experiment,
+            notebook_cell_timeout=cfg.notebook_cell_timeout,
         )
     return dag
 

@@ -59,6 +59,8 @@ experiments = sa.Table(
     sa.Column("status", sa.String(16), nullable=False, default="running"),
     sa.Column("airflow_dag_id", sa.String(250), nullable=True),
     sa.Column("airflow_run_id", sa.String(250), nullable=True),
+    # Added later (ensure_schema adds it in place): the MLflow run of this Airflow run, when tracked.
+    sa.Column("mlflow_run_id", sa.String(64), nullable=True),
     sa.UniqueConstraint("airflow_dag_id", "airflow_run_id", name="uq_experiments_airflow_run"),
 )
 
@@ -190,7 +192,10 @@ class ModelDB:
                           validation_dataset: str | None = None, test_dataset: str | None = None,
                           airflow_dag_id: str | None = None, airflow_run_id: str | None = None,
                           status: str = "running") -> int:
-        """Add an experiment; with Airflow ids, the same run updates its existing row instead."""
+        """Add an experiment; with Airflow ids, the same run updates its existing row instead.
+
+        Updating starts a new attempt: evaluations and artifact paths of the previous attempt (an error,
+        stale numbers) are cleared; ``mlflow_run_id`` is kept, so the attempt finds its MLflow run again."""
         self.ensure_schema()
         values = dict(model_id=model_id, model_version_id=model_version_id, training_dataset=training_dataset,
                       dataset_md5=dataset_md5, parameters=_jsonable(parameters), validation_dataset=validation_dataset,
@@ -202,7 +207,8 @@ class ModelDB:
                     existing = conn.execute(sa.select(experiments.c.experiment_id).where(key)).scalar()
                     if existing is not None:
                         conn.execute(experiments.update().where(experiments.c.experiment_id == existing)
-                                     .values(**values, updated_datetime=_now()))
+                                     .values(**values, evaluations={}, artifact_file_paths={},
+                                             updated_datetime=_now()))
                         return int(existing)
                 try:
                     with self.engine.begin() as conn:
@@ -218,8 +224,8 @@ class ModelDB:
 
     def update_experiment(self, experiment_id: int, *, evaluations: dict | None = None,
                           artifact_file_paths: dict | None = None, status: str | None = None,
-                          parameters: dict | None = None) -> dict:
-        """Merge (not overwrite) evaluations, artifact paths and parameters; set status."""
+                          parameters: dict | None = None, mlflow_run_id: str | None = None) -> dict:
+        """Merge (not overwrite) evaluations, artifact paths and parameters; set status and the MLflow run id."""
         self.ensure_schema()
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(experiments).where(experiments.c.experiment_id == experiment_id)
@@ -233,6 +239,8 @@ class ModelDB:
                     values[name] = {**(row[name] or {}), **_jsonable(new)}
             if status is not None:
                 values["status"] = status
+            if mlflow_run_id is not None:
+                values["mlflow_run_id"] = mlflow_run_id
             conn.execute(experiments.update().where(experiments.c.experiment_id == experiment_id).values(**values))
         return self.get_experiment(experiment_id)
 

@@ -21,7 +21,9 @@ from typing import Any
 
 from dataset_registry.connection_ids import MODEL_DB_CONN_ID, MYSQL_CONN_ID, REGISTRY_CONN_ID
 from dataset_registry.names import InvalidNameError, validate_output, validate_project, validate_version
-from dataset_registry.user_code import UserCodeError, resolve_user_callable_file
+from dataset_registry.user_code import (
+    UserCodeError, looks_like_path, resolve_notebook_file, resolve_user_callable_file,
+)
 
 DEFAULT_PROJECTS_DIR = Path(__file__).resolve().parents[2] / "include" / "projects"
 DEFAULT_VERSION_TEMPLATE = "v{{ data_interval_end | ts_nodash }}"
@@ -42,10 +44,13 @@ OPTIONAL_KEYS: dict[str, Any] = {
     "mysql_conn_id": MYSQL_CONN_ID,
     "registry_conn_id": REGISTRY_CONN_ID,
     "model_db_conn_id": MODEL_DB_CONN_ID,
-    "train": None,  # "module:function" for train_<project>
+    "train": None,  # "module:function", or a notebook path relative to the include root, for train_<project>
     "model_name": None,  # model name in the model DB (default <project>_model)
     "key": None,  # columns that identify a row (row-level diffs, the `unique` check's default)
     "checks": None,  # quality gates before publishing (see dataset_registry.checks)
+    "mlflow_conn_id": None,  # an http connection whose host is an MLflow tracking URI (None: no MLflow)
+    "mlflow_experiment": None,  # MLflow experiment name (None: the project name)
+    "notebook_cell_timeout": 3600,  # seconds a notebook cell may run (train: a .ipynb)
 }
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 64 * 1024  # a YAML is parsed by pure-Python PyYAML in the DAG processor: keep it cheap
@@ -57,6 +62,8 @@ MAX_TAG_CHARS = 50
 MAX_TEMPLATE_CHARS = 500
 OWNER_RULE = r"^[A-Za-z0-9][A-Za-z0-9 ._@,-]{0,63}$"
 TAG_RULE = r"^[^\x00-\x1f\x7f]{1,%d}$" % MAX_TAG_CHARS
+MAX_EXPERIMENT_CHARS = 500
+_EXPERIMENT_RULE = r"[^\x00-\x1f\x7f]{1,%d}" % MAX_EXPERIMENT_CHARS
 _CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually", "@midnight"}
@@ -118,6 +125,13 @@ class ProjectConfig:
     model_name: str | None = OPTIONAL_KEYS["model_name"]
     key: list[str] | None = None
     checks: dict | None = None  # as written in the YAML, validated (checks.validate_checks normalizes it)
+    mlflow_conn_id: str | None = OPTIONAL_KEYS["mlflow_conn_id"]
+    mlflow_experiment: str | None = OPTIONAL_KEYS["mlflow_experiment"]
+    notebook_cell_timeout: int = OPTIONAL_KEYS["notebook_cell_timeout"]
+
+    @property
+    def train_is_notebook(self) -> bool:
+        return bool(self.train) and looks_like_path(self.train)
 
     @property
     def include_root(self) -> Path:
@@ -321,7 +335,14 @@ def load_project(path: Path) -> ProjectConfig:
             query = ""
 
     preprocess = _check_callable("preprocess", values["preprocess"], root, "preprocess.demo:clean", problem)
-    train = _check_callable("train", values["train"], root, "training.baseline:train", problem)
+    train = values["train"]
+    if looks_like_path(train):
+        try:
+            resolve_notebook_file(train, root)
+        except UserCodeError as exc:
+            problem("train", str(exc))
+    else:
+        train = _check_callable("train", train, root, "training.baseline:train' or 'training/baseline.ipynb", problem)
 
     template = values["version_template"]
     if not isinstance(template, str) or not template.strip() or len(template) > MAX_TEMPLATE_CHARS:
@@ -354,9 +375,20 @@ def load_project(path: Path) -> ProjectConfig:
     if not isinstance(owner, str) or not re.fullmatch(OWNER_RULE, owner):
         problem("owner", f"invalid owner {_describe(owner)}: it must match {OWNER_RULE} "
                          "(a short name: letters, digits, space . _ @ , -)")
-    for key in ("mysql_conn_id", "registry_conn_id", "model_db_conn_id"):
+    for key in ("mysql_conn_id", "registry_conn_id", "model_db_conn_id", "mlflow_conn_id"):
+        if key == "mlflow_conn_id" and values[key] is None:
+            continue  # optional: no MLflow tracking
         if not isinstance(values[key], str) or not _CONN_ID.match(values[key]):
-            problem(key, "must be an Airflow connection id (1-250 of letters, digits, _ . -)")
+            problem(key, "must be an Airflow connection id (1-250 of letters, digits, _ . -)"
+                         + (", or null for no MLflow tracking" if key == "mlflow_conn_id" else ""))
+    experiment = values["mlflow_experiment"]
+    if experiment is not None and (not isinstance(experiment, str) or not experiment.strip()
+                                   or not re.fullmatch(_EXPERIMENT_RULE, experiment)):
+        problem("mlflow_experiment", f"must be an MLflow experiment name of 1-{MAX_EXPERIMENT_CHARS} printable "
+                                     "characters (no control characters), or null for the project name")
+    cell_timeout = values["notebook_cell_timeout"]
+    if not _is_int(cell_timeout) or not 1 <= cell_timeout <= 7 * 86400:
+        problem("notebook_cell_timeout", "must be a whole number of seconds from 1 to 604800")
     start_date = values["start_date"]
     try:
         start = parse_start_date(start_date)
@@ -391,7 +423,8 @@ def load_project(path: Path) -> ProjectConfig:
         publish_timeout=publish_timeout, tags=list(tags),
         owner=owner, mysql_conn_id=values["mysql_conn_id"], registry_conn_id=values["registry_conn_id"],
         model_db_conn_id=values["model_db_conn_id"], train=train, model_name=model_name,
-        key=key, checks=values["checks"],
+        key=key, checks=values["checks"], mlflow_conn_id=values["mlflow_conn_id"],
+        mlflow_experiment=experiment, notebook_cell_timeout=cell_timeout,
     )
 
 

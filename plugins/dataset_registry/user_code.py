@@ -8,12 +8,17 @@ its real path (symlinks resolved) stays inside the include root. Modules install
 allowed only when listed in ``$DATASET_ALLOWED_CALLABLE_MODULES`` (comma-separated names, or
 prefixes ending in ``.``). The same rule runs at DAG parse time (a config error) and at run time
 (before importing). No Airflow here: the operators and the config validator both use it.
+
+``train`` may instead name a Jupyter notebook (``training/flights.ipynb``): a path relative to the
+include root that must stay inside it (``resolve_notebook_file``), for the same reason.
 """
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,6 +26,9 @@ from pathlib import Path
 ALLOW_ENV = "DATASET_ALLOWED_CALLABLE_MODULES"
 CALLABLE_RULE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 _CALLABLE = re.compile(CALLABLE_RULE)
+NOTEBOOK_RULE = ("a notebook is a .ipynb path relative to the include root (e.g. 'training/flights.ipynb'), "
+                 "without '..', and must stay inside the include root (no absolute path, no link out of it)")
+MAX_NOTEBOOK_BYTES = 16 * 1024 * 1024
 
 # Top-level modules this module imported from a project file, by name: lets one process load
 # `shoptrain` from two include roots (tests) without reusing the first copy. Only entries made here
@@ -117,10 +125,74 @@ def _refuse_unsafe(spec: str, module: str, root: Path, real: Path) -> None:
     if other is not None and installed and not (origin and origin.is_relative_to(root)):
         raise UserCodeError(f"callable {spec!r}: an installed module {top!r} ({origin or 'built-in'}) has the same "
                             "name as the project's; it would shadow the project file: rename the project module")
+    _refuse_world_writable(f"callable {spec!r}", root, real)
+
+
+def _refuse_world_writable(what: str, root: Path, real: Path) -> None:
     for folder in (root, *[p for p in real.parents if p.is_relative_to(root) and p != root], real):
         if folder.stat().st_mode & 0o002:
-            raise UserCodeError(f"callable {spec!r}: {folder} is writable by every user of the machine, so anyone "
+            raise UserCodeError(f"{what}: {folder} is writable by every user of the machine, so anyone "
                                 "could plant code there; make the include folder writable only by the deployment")
+
+
+def looks_like_path(spec: object) -> bool:
+    """True for a ``train`` value meant as a file (``training/x.ipynb``, ``x.ipynb``, ``a/b.py``), not
+    ``module:function``."""
+    return isinstance(spec, str) and ("/" in spec or "\\" in spec or spec.endswith(".ipynb")
+                                      or (":" not in spec and bool(re.search(r"\.[A-Za-z0-9]+$", spec))))
+
+
+def resolve_notebook_file(spec: object, include_root: str | Path) -> Path:
+    """The real path of the notebook ``spec`` names, checked without running anything.
+
+    The rule (``NOTEBOOK_RULE``): a path relative to the include root ending in ``.ipynb``, without
+    ``..``, that stays inside the root after symlinks are resolved, names a regular file of at most
+    16 MiB holding a version-4 Jupyter notebook, in folders not writable by every user. The same
+    check runs at DAG parse time and before the notebook is executed. Raises UserCodeError.
+    """
+    shown = _describe(spec)
+    if not isinstance(spec, str) or not spec or len(spec) > 300 or re.search(r"[\x00-\x1f\x7f]", spec):
+        raise UserCodeError(f"{shown} is not a notebook path: {NOTEBOOK_RULE}")
+    if not include_root:
+        raise UserCodeError(f"notebook {shown}: no include root given to look for it in")
+    path = Path(spec)
+    if spec.startswith(("/", "~")) or "\\" in spec or path.is_absolute():
+        raise UserCodeError(f"notebook {shown}: absolute paths are refused: {NOTEBOOK_RULE}")
+    if ".." in path.parts:
+        raise UserCodeError(f"notebook {shown}: '..' is refused: {NOTEBOOK_RULE}")
+    if not spec.endswith(".ipynb") or path.name == ".ipynb":
+        raise UserCodeError(f"notebook {shown}: not a notebook file name (must end in .ipynb; or write "
+                            f"'module:function' for Python code): {NOTEBOOK_RULE}")
+    root = Path(include_root).resolve()
+    candidate = root / path
+    try:
+        real = candidate.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise UserCodeError(f"notebook {shown}: no file {candidate} (the path is relative to the include "
+                            f"root {root})") from None
+    if not real.is_relative_to(root):
+        raise UserCodeError(f"notebook {shown}: {candidate} is a link to {real}, outside the include root "
+                            f"{root}: {NOTEBOOK_RULE}")
+    try:
+        info = real.stat()
+    except OSError as exc:
+        raise UserCodeError(f"notebook {shown}: cannot read {real}: {exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UserCodeError(f"notebook {shown}: {real} is not a regular file")
+    if info.st_size > MAX_NOTEBOOK_BYTES:
+        raise UserCodeError(f"notebook {shown}: {info.st_size} bytes, over the limit of {MAX_NOTEBOOK_BYTES} "
+                            "(clear the outputs before committing it)")
+    _refuse_world_writable(f"notebook {shown}", root, real)
+    try:
+        document = json.loads(real.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserCodeError(f"notebook {shown}: {real} is not a Jupyter notebook (not JSON: "
+                            f"{str(exc)[:200]})") from None
+    if not (isinstance(document, dict) and isinstance(document.get("cells"), list)
+            and document.get("nbformat") == 4):
+        raise UserCodeError(f"notebook {shown}: {real} is not a Jupyter notebook (expected nbformat 4 JSON "
+                            "with a 'cells' list)")
+    return real
 
 
 def _file_of(module) -> Path | None:

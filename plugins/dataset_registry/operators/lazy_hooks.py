@@ -12,6 +12,7 @@ from functools import cached_property
 REGISTRY_HOOK = "dataset_registry.hooks.registry_hook.DvcRegistryHook"
 MYSQL_HOOK = "dataset_registry.hooks.mysql_source_hook.MySqlSourceHook"
 MODEL_DB_HOOK = "dataset_registry.hooks.model_db_hook.ModelDbHook"
+MLFLOW_HOOK = "dataset_registry.hooks.mlflow_hook.MlflowHook"
 
 
 def lazy_hook(hook_class: str, conn_id_attr: str) -> cached_property:
