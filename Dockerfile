@@ -15,4 +15,7 @@ RUN pip install --no-cache-dir -r /tmp/requirements.txt
 COPY dags /opt/airflow/dags
 COPY plugins /opt/airflow/plugins
 COPY include /opt/airflow/include
+# The C export engine (falls back to the Python engine without it; --strict: fail the build instead)
+COPY scripts/build_fastexport.py /opt/airflow/scripts/build_fastexport.py
+RUN cd /opt/airflow && python scripts/build_fastexport.py --strict
 WORKDIR /opt/airflow

@@ -69,6 +69,14 @@ if [ "$(cat .venv/.requirements.sha 2>/dev/null)" != "$req_sum" ]; then
   echo "$req_sum" > .venv/.requirements.sha
 fi
 
+# 3a. The optional C export engine (dataset_registry._fastexport), built in place when its source
+# changed; without a compiler the export falls back to the Python engine (and logs so).
+fe_sum=$(sha256sum plugins/dataset_registry/_fastexport.c scripts/build_fastexport.py | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv/.fastexport.sha 2>/dev/null)" != "$fe_sum" ] || ! ls plugins/dataset_registry/_fastexport*.so >/dev/null 2>&1; then
+  say "building the C export engine (plugins/dataset_registry/_fastexport.c)"
+  .venv/bin/python scripts/build_fastexport.py && echo "$fe_sum" > .venv/.fastexport.sha
+fi
+
 # 3b. The MLflow tracking server the tests run against: its own venv (full `mlflow` pins numpy/pandas
 # below what Airflow resolves here; workers need only the client, `mlflow-skinny`, in .venv).
 mlflow_sum=$(sha256sum scripts/mlflow-server-requirements.txt | cut -d' ' -f1)

@@ -21,6 +21,18 @@ TRICKY = [
 ]
 
 
+@pytest.fixture(autouse=True, params=["c", "python"])
+def engine(request, monkeypatch):
+    """Every test here runs on both export engines (the C one only when it is built)."""
+    if request.param == "c":
+        try:
+            from dataset_registry import _fastexport  # noqa: F401
+        except ImportError:
+            pytest.skip("the C export engine is not built")
+    monkeypatch.setenv("DATASET_EXPORT_ENGINE", request.param)
+    return request.param
+
+
 @pytest.fixture
 def tricky_table(mysql_db):
     name, connect = mysql_db

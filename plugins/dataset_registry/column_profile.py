@@ -13,7 +13,12 @@ Per CSV column: ``{type, nulls, empty, min, max, distinct}``:
   about 1/sqrt(K-2) = 1.6%). Hashes are Python's ``hash()`` of the value within one export process
   (every batch of one export hashes the same way, which is all a KMV sketch needs to merge batches).
 
-All per-value work is done per batch by C-level builtins (``zip(*batch)``, ``list.count``, ``min``/
+Two implementations with the same semantics: this module (the reference, used with a preprocess and
+when the C engine is not built) and ``_fastexport.c`` (the C export engine: per row in C, its own 64-bit
+hash for ``distinct``, the same sketch size and estimate via ``kmv_estimate``; ``compare_kind`` and
+``profile_from_engine`` connect the two). tests/test_export_engine.py checks they agree.
+
+In this module, all per-value work is done per batch by C-level builtins (``zip(*batch)``, ``list.count``, ``min``/
 ``max`` with a key, ``map(hash)``/``set``, ``heapq.nsmallest``) or, with a preprocess, by pandas on
 the whole chunk. The unique-key facts (``KeyTracker``) compare adjacent keys per batch with ``map``.
 Nothing here imports Airflow.
@@ -54,6 +59,35 @@ def sort_key_for(mysql_type: str | None, precision: int | None = None) -> Callab
     if mysql_type in FLOAT_TYPES:
         return float
     return None
+
+
+def compare_kind(mysql_type: str | None, precision: int | None = None) -> int:
+    """How the C engine (``_fastexport``) compares a column's values, matching ``sort_key_for``:
+    1 = exact decimal text (int and Decimal; DECIMAL compared as float is exact for its precision),
+    2 = double (FLOAT/DOUBLE), 0 = bytes (text by UTF-8 byte order = code point order; binary)."""
+    if mysql_type in INTEGER_TYPES or mysql_type in DECIMAL_TYPES:
+        return 1
+    if mysql_type in FLOAT_TYPES:
+        return 2
+    return 0
+
+
+def profile_from_engine(columns: Sequence[str], types: Sequence[str], is_bytes: Sequence[bool],
+                        raw: Sequence[tuple]) -> dict[str, dict]:
+    """The profile from the C engine's per-column facts (nulls, empty, min, max, saturated, kept
+    hashes): min/max printed as ``_printed`` prints them, distinct by ``kmv_estimate`` (``DistinctSketch``'s formula)."""
+    out = {}
+    for name, mysql_type, binary, (nulls, empty, low, high, saturated, kept) in zip(columns, types, is_bytes, raw):
+
+        def printed(value):
+            if value is None:
+                return None
+            return _printed(value if binary else value.decode("utf-8"))
+
+        distinct = kmv_estimate(SKETCH_K, len(kept), kept[-1] if kept else 0, bool(saturated))
+        out[name] = {"type": mysql_type, "nulls": nulls, "empty": empty, "min": printed(low), "max": printed(high),
+                     "distinct": distinct}
+    return out
 
 
 def _cut(text: str) -> str:
@@ -115,10 +149,16 @@ class DistinctSketch:
         self.add_hashes(other.kept)
 
     def estimate(self) -> int:
-        if not self.saturated:
-            return int(len(self.kept))
-        fraction = (int(self.kept[-1]) + _HALF + 1) / _SPAN  # the k-th smallest hash, as a share of the range
-        return int(round((self.k - 1) / fraction))
+        return kmv_estimate(self.k, len(self.kept), int(self.kept[-1]) if len(self.kept) else 0, self.saturated)
+
+
+def kmv_estimate(k: int, kept: int, largest: int, saturated: bool) -> int:
+    """The distinct count: exact (``kept`` distinct hashes) when not saturated, else (k-1) over the
+    k-th smallest signed 64-bit hash ``largest`` as a share of the hash range."""
+    if not saturated:
+        return int(kept)
+    fraction = (largest + _HALF + 1) / _SPAN
+    return int(round((k - 1) / fraction))
 
 
 class _Column:
@@ -357,6 +397,23 @@ class KeyTracker:
             values = series.astype(object).where(series.notna(), None).tolist()
             columns.append(values)
         self.add_columns(columns)
+
+    def set_from_engine(self, nulls: int, duplicates: int, unsorted: int, example, *, is_bytes: Sequence[bool]) -> None:
+        """The facts the C engine computed (same rules, per row; batches of ``fetch_rows`` for NULLs);
+        the example's raw values are converted as ``add_columns`` converts them."""
+        self.nulls, self.duplicates, self.unsorted = nulls, duplicates, unsorted
+        if example is not None:
+            def typed(values):
+                out = []
+                for value, binary, converter in zip(values, is_bytes, self.converters):
+                    value = value if binary else value.decode("utf-8")
+                    try:
+                        out.append(value if converter is None else converter(value))
+                    except (TypeError, ValueError, InvalidOperation):
+                        out.append(value)
+                return tuple(out)
+
+            self.example = (typed(example[0]), typed(example[1]))
 
     def facts(self) -> dict:
         return {"columns": self.key, "missing": self.missing, "nulls": self.nulls, "duplicates": self.duplicates,

@@ -5,6 +5,9 @@ field; the empty string is ``""``. Values arrive as MySQL's text protocol prints
 mysql_export), so this module only quotes. Binary values (BINARY/VARBINARY/BLOB/BIT columns) are
 written as ``0x`` + uppercase hex, as ``mysql --binary-as-hex`` prints them, so the file stays UTF-8.
 
+The C export engine (``_fastexport.c``) writes the same bytes for query results without a
+preprocess (tests/test_export_engine.py compares them); a change here must be made there too.
+
 Each row goes through a function compiled once per result shape: columns that can never need
 quoting (numbers, dates) skip the checks, which keeps the per-row cost low.
 """

@@ -10,8 +10,18 @@ Why this shape:
   the column profile (``column_profile``: nulls, empty strings, min/max, approximate distinct per
   column) and, for the ``unique`` check, the key's sortedness, batch by batch.
 - Completeness comes from the protocol: an unbuffered result ends with an EOF packet, and a stream
-  that is cut (KILL, network loss, server restart) raises an error from ``fetchmany``, never a short
-  clean end. No separate row count is compared (the client's count would only be compared with itself).
+  that is cut (KILL, network loss, server restart) raises an error from ``fetchmany`` (or the C
+  engine's ``mysql_fetch_row``), never a short clean end. No separate row count is compared (the client's count would only be compared with itself).
+
+Two engines produce the same bytes, profile and key facts (tests/test_export_engine.py compares them):
+- ``c`` (the default when ``dataset_registry._fastexport`` is built): the query runs with MySQLdb's own
+  ``conn.query()`` on the prepared connection, then the C extension streams the unbuffered result from
+  the connection's ``MYSQL*`` (rows fetched, CSV-formatted and profiled in C with the GIL released,
+  handed back in ~1 MB blocks that Python writes and hashes); see ``_fastexport.c``.
+- ``python`` (the reference; always used with a preprocess, and when the extension is missing):
+  MySQLdb decodes every field to ``str``, ``csv_format`` quotes, ``column_profile`` profiles per batch.
+``DATASET_EXPORT_ENGINE=python|c|auto`` (default ``auto``) or ``export_query(engine=...)`` chooses;
+the export logs which engine ran.
 
 Read-only, in three independent layers (any one of them stops a write):
 1. ``sql_guard.check_query`` refuses, before the query runs, anything but one SELECT-like statement
@@ -41,6 +51,8 @@ log = logging.getLogger(__name__)
 
 FETCH_ROWS = 20_000
 PROGRESS_SECONDS = 10.0
+FAST_BUFFER_BYTES = 1 << 20  # the C engine hands the CSV to Python in blocks of about this size
+ENGINE_ENV = "DATASET_EXPORT_ENGINE"  # auto (default): C when built; python: the reference engine
 
 # Field types whose text never needs CSV quoting and is never the empty string.
 _PLAIN_TYPES = {0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 13, 14, 246}  # numbers, dates, times, years
@@ -96,12 +108,50 @@ class ExportResult:
     key_facts: dict | None = None
 
 
+# Types without a converter: MySQLdb returns them as bytes when the column's charset is binary (63),
+# else decoded by use_unicode. Every other type is decoded to str by the converter map.
+_KEEP_RAW = {"BLOB", "TINY_BLOB", "MEDIUM_BLOB", "LONG_BLOB", "STRING", "VAR_STRING", "VARCHAR", "BIT", "GEOMETRY", "JSON"}
+_KEEP_RAW_CODES = {252, 249, 250, 251, 254, 253, 15, 16, 255, 245}  # the type codes of _KEEP_RAW
+BINARY_CHARSET = 63
+
+
 def _text_converters() -> dict:
     """Every non-binary type decoded to str in C; strings are decoded by use_unicode."""
     from MySQLdb.constants import FIELD_TYPE
 
-    keep_raw = {"BLOB", "TINY_BLOB", "MEDIUM_BLOB", "LONG_BLOB", "STRING", "VAR_STRING", "VARCHAR", "BIT", "GEOMETRY", "JSON"}
-    return {getattr(FIELD_TYPE, n): str for n in dir(FIELD_TYPE) if n.isupper() and n not in keep_raw}
+    return {getattr(FIELD_TYPE, n): str for n in dir(FIELD_TYPE) if n.isupper() and n not in _KEEP_RAW}
+
+
+def is_bytes_field(type_code: int, charsetnr: int) -> bool:
+    """Whether MySQLdb (with ``_text_converters``) returns this column's values as bytes: the CSV
+    prints those as 0x hex."""
+    return type_code in _KEEP_RAW_CODES and charsetnr == BINARY_CHARSET
+
+
+def _fast_engine(engine: str | None):
+    """(module or None, why): the C engine when asked for (or ``auto``) and importable."""
+    choice = (engine or os.environ.get(ENGINE_ENV) or "auto").strip().lower()
+    if choice not in ("auto", "c", "python"):
+        raise ExportError(f"unknown export engine {choice!r} ({ENGINE_ENV}): use auto, c or python", retryable=False)
+    if choice == "python":
+        return None, "python (asked for)"
+    try:
+        from dataset_registry import _fastexport
+    except ImportError as exc:
+        if choice == "c":
+            raise ExportError(f"the C export engine was asked for but cannot be imported: {exc}", retryable=False) from None
+        return None, f"python (the C engine is not built: {exc})"
+    # The engine works on MySQLdb's own MYSQL*: both must use one client library (same ABI).
+    from MySQLdb import _mysql
+
+    ours, theirs = _fastexport.client_info(), _mysql.get_client_info()
+    if not hasattr(_mysql.connection, "_get_native_connection") or ours != theirs:
+        why = (f"the C engine is linked with client library {ours}, mysqlclient with {theirs} "
+               "(or mysqlclient has no _get_native_connection)")
+        if choice == "c":
+            raise ExportError(f"the C export engine cannot be used: {why}", retryable=False)
+        return None, f"python ({why})"
+    return _fastexport, "c (dataset_registry._fastexport)"
 
 
 def connect(params: dict[str, Any]):
@@ -212,6 +262,7 @@ def export_query(
     progress_seconds: float = PROGRESS_SECONDS,
     profile: bool = True,
     unique_key: list[str] | None = None,
+    engine: str | None = None,
 ) -> ExportResult:
     """Run ``sql`` and write the CSV to ``dest`` (written to ``dest.partial``, renamed when complete).
 
@@ -223,8 +274,12 @@ def export_query(
     ``profile``: compute the CSV's column profile while it streams (``ExportResult.profile``).
     ``unique_key``: columns whose adjacent values are compared batch by batch (sortedness and
     duplicates, ``ExportResult.key_facts``) for the ``unique`` check.
+    ``engine``: ``auto`` / ``c`` / ``python`` (default: ``$DATASET_EXPORT_ENGINE`` or ``auto``); a
+    preprocess always runs on the Python engine.
     """
     import MySQLdb
+
+    fast, engine_name = (None, "python (preprocess)") if preprocess else _fast_engine(engine)
 
     dest = Path(dest)
     partial = dest.with_name(dest.name + ".partial")
@@ -242,6 +297,14 @@ def export_query(
             sql_guard.check_query(sql, **sql_guard.modes_from_sql_mode(sql_mode))
         except sql_guard.QueryRefused as exc:
             raise ExportError(str(exc), retryable=False) from None
+        log.info("export engine: %s", engine_name)
+        if fast is not None:
+            try:
+                begin_read_only_snapshot(cursor, version=version, query_timeout=query_timeout)
+            except MySQLdb.Error as exc:
+                raise ExportError(f"query failed: {_server_message(exc)}", _retryable(exc)) from None
+            return _export_fast(fast, conn, sql, partial, dest, started, fetch_rows=fetch_rows,
+                                progress_seconds=progress_seconds, profile=profile, unique_key=unique_key)
         try:
             begin_read_only_snapshot(cursor, version=version, query_timeout=query_timeout)
             cursor.execute(sql)
@@ -358,6 +421,97 @@ def export_query(
     return ExportResult(path=dest, rows=rows, bytes=size, md5=md5.hexdigest(), columns=columns, seconds=elapsed,
                         column_types=column_types, csv_columns=csv_columns, profile=col_profile,
                         key_facts=key_facts)
+
+
+def _export_fast(fast, conn, sql: str, partial: Path, dest: Path, started: float, *, fetch_rows: int,
+                 progress_seconds: float, profile: bool, unique_key: list[str] | None) -> ExportResult:
+    """The C engine's export, on a connection already in its read-only snapshot (see export_query,
+    whose handlers remove ``partial`` and close ``conn`` on any failure)."""
+    import MySQLdb
+
+    from dataset_registry import column_profile
+
+    try:
+        conn.query(sql.encode("utf-8"))  # as cursor.execute sends it (MySQLdb's errors, codes and all)
+        result = fast.use_result(conn)
+    except (MySQLdb.Error, fast.Error) as exc:
+        raise ExportError(f"query failed: {_server_message(exc)}", _retryable(exc)) from None
+    if result is None:
+        raise ExportError("the query returned no result set (is it a SELECT?)", retryable=False)
+    try:
+        fields = result.fields  # (name, type, flags, charsetnr, length, decimals)
+        columns = [f[0] for f in fields]
+        column_types = mysql_types.type_names([(f[0], f[1]) for f in fields], [f[2] for f in fields])
+        is_bytes = [is_bytes_field(f[1], f[3]) for f in fields]
+        precisions = [int(f[4]) for f in fields]
+        # Per column: (plain, bytes -> 0x hex, how min/max compare, count empty values). The reference
+        # counts "" only when the value's Python type matches the type name's binary-ness (a text column
+        # with a *_bin collation is named VARBINARY and its "" are not counted): the same here.
+        spec = [(f[1] in _PLAIN_TYPES, b, column_profile.compare_kind(t, p),
+                 t not in column_profile.NEVER_EMPTY_TYPES and (t in column_profile.BINARY_TYPES) == b)
+                for f, b, t, p in zip(fields, is_bytes, column_types, precisions)]
+        tracker = column_profile.KeyTracker(unique_key, columns, column_types) if unique_key else None
+        key_pos = [] if tracker is None or tracker.missing else list(tracker.positions)
+        key_kinds = [column_profile.compare_kind(column_types[p]) for p in key_pos]
+        md5 = hashlib.md5()
+        state = {"size": 0, "last_log": started}
+        with open(partial, "wb") as out:
+
+            def write(data: bytes, read: int) -> None:
+                out.write(data)
+                md5.update(data)
+                state["size"] += len(data)
+                now = time.monotonic()
+                if now - state["last_log"] >= progress_seconds:
+                    state["last_log"] = now
+                    log.info("exported %d rows (%d read), %.1f MB, %.0f rows/s", read, read, state["size"] / 1e6,
+                             read / (now - started))
+
+            write(csv_format.header_line(columns).encode("utf-8"), 0)
+            try:
+                rows, raw_profile, raw_key = result.stream(write, spec, profile, key_pos, key_kinds, fetch_rows,
+                                                           FAST_BUFFER_BYTES)
+            except fast.Error as exc:
+                raise ExportError(f"reading the result failed after {result.rows} rows: {_server_message(exc)}") from None
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        # Close the connection before the result: freeing an unfinished unbuffered result would
+        # otherwise read (and discard) the rest of the stream first.
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+        result.close()
+        raise
+    result.close()
+    try:
+        more = conn.next_result()  # as cursor.nextset(): -1 when there is no other result set
+    except MySQLdb.Error as exc:
+        raise ExportError(f"query refused (one statement): a second result failed: {_server_message(exc)}",
+                          retryable=False) from None
+    if more != -1:
+        raise ExportError(
+            "query refused (one statement): the query returned more than one result set (a CALL or "
+            "several statements?); only one SELECT may run. Nothing was published.", retryable=False)
+    try:
+        conn.rollback()  # read-only snapshot: nothing to commit
+    except MySQLdb.Error:
+        pass
+    os.replace(partial, dest)
+    elapsed = time.monotonic() - started
+    size = state["size"]
+    log.info("export done: %d rows written (%d read), %.1f MB in %.1f s", rows, rows, size / 1e6, elapsed)
+    col_profile = None
+    if raw_profile is not None:
+        col_profile = column_profile.profile_from_engine(columns, column_types, is_bytes, raw_profile)
+    key_facts = None
+    if tracker is not None:
+        if raw_key is not None:
+            tracker.set_from_engine(*raw_key, is_bytes=[is_bytes[p] for p in key_pos])
+        key_facts = tracker.facts()
+    return ExportResult(path=dest, rows=rows, bytes=size, md5=md5.hexdigest(), columns=columns, seconds=elapsed,
+                        column_types=column_types, csv_columns=list(columns), profile=col_profile, key_facts=key_facts)
 
 
 def _precisions(description) -> list[int | None]:

@@ -65,19 +65,33 @@ def measured(cmd, stdout=None, env=None) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
-NO_PROFILE = """
+EXPORT = """
 import sys
 sys.path.insert(0, {plugins!r})
+sys.path.insert(0, {bench!r})
 from pathlib import Path
 from dataset_registry.mysql_export import export_query
-export_query({mysql!r}, "SELECT * FROM dsv_bench.{table} ORDER BY id", Path({out!r}), profile=False)
+kw = {kw!r}
+if kw.pop("preprocess", None):
+    from variants import demo_style_preprocess
+    kw["preprocess"] = demo_style_preprocess
+export_query({mysql!r}, "SELECT * FROM dsv_bench.{table} ORDER BY id", Path({out!r}), **kw)
 """
+
+# The product's export variants (keyword arguments of export_query). "ours" is what a version run
+# does with a `unique` check: the C engine (the default when built) with the profile and key facts.
+OURS = {
+    "ours": {"engine": "auto", "unique_key": ["id"]},
+    "ours_no_profile": {"engine": "auto", "profile": False},
+    "ours_python": {"engine": "python", "unique_key": ["id"]},  # the reference engine (before issue 12)
+    "ours_preprocess": {"preprocess": True},  # pandas preprocess (always the Python engine)
+}
 
 
 def export_variant(name, table, out: Path):
-    if name == "ours_no_profile":  # the export as before the column profile existed
-        code = NO_PROFILE.format(plugins=str(REPO / "plugins"), table=table, out=str(out),
-                                 mysql={"host": "127.0.0.1", "port": 3306, "user": USER, "passwd": PASSWORD})
+    if name in OURS:
+        code = EXPORT.format(plugins=str(REPO / "plugins"), bench=str(HERE), table=table, out=str(out), kw=OURS[name],
+                             mysql={"host": "127.0.0.1", "port": 3306, "user": USER, "passwd": PASSWORD})
         return measured([PY, "-c", code])
     if name == "mysql_cli":
         with open(out, "wb") as handle:
@@ -85,6 +99,24 @@ def export_variant(name, table, out: Path):
                              "-e", f"SELECT * FROM dsv_bench.{table} ORDER BY id"], stdout=handle,
                             env={**os.environ, "MYSQL_PWD": PASSWORD})
     return measured([PY, str(HERE / "variants.py"), name, table, str(out)])
+
+
+def engine_name() -> str:
+    try:
+        from dataset_registry import _fastexport  # noqa: F401
+    except ImportError as exc:
+        return f"python (the C engine is not built: {exc})"
+    return "c (dataset_registry._fastexport)"
+
+
+def md5_of(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Results:
@@ -214,12 +246,14 @@ def main() -> None:
         return profile_overhead(args)
     tmp = Path(tempfile.mkdtemp(prefix="dsv-bench-"))
     res = Results()
-    print(f"machine: {os.cpu_count()} cores; rows {args.rows:,}; repeat {args.repeat}; scratch {tmp}", flush=True)
+    print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; rows {args.rows:,}; repeat {args.repeat}; "
+          f"export engine: {engine_name()}; scratch {tmp}", flush=True)
     try:
         table = seed(args.rows)
-        variants = (["mysql_cli", "ours_no_profile", "ours", "ours_preprocess"]
+        variants = (["mysql_cli", "ours_no_profile", "ours", "ours_python", "ours_preprocess"]
                     + ([] if args.skip_pandas else ["pandas_full", "pandas_chunked"]))
         size = 0
+        digests: dict[str, str] = {}
         for r in range(args.repeat):
             order = variants if r % 2 == 0 else list(reversed(variants))
             for name in order:
@@ -228,6 +262,8 @@ def main() -> None:
                 res.add(name, wall, rss)
                 if name == "ours":
                     size = out.stat().st_size
+                if name in ("ours", "ours_no_profile", "ours_python") and r == 0:
+                    digests[name] = md5_of(out)
                 out.unlink()
             print(f"  export round {r + 1}: " + ", ".join(f"{n} {res.samples[n][-1][0]:.2f}s" for n in variants), flush=True)
 
@@ -279,9 +315,12 @@ def main() -> None:
     cli = res.wall("mysql_cli")
     print(f"\n## Export: {args.rows:,} rows x 6 columns, {size / 1e6:.0f} MB of CSV (medians of {args.repeat})\n")
     print("| way to export | wall | vs mysql CLI | peak RSS |\n| --- | --- | --- | --- |")
-    labels = {"mysql_cli": "`mysql --batch --quick` (C client, TSV)", "ours": "this product (preprocess off)",
-              "ours_no_profile": "this product, column profile off (preprocess off)",
-              "ours_preprocess": "this product (demo-style preprocess on)", "pandas_full": "pandas read_sql whole table + to_csv",
+    labels = {"mysql_cli": "`mysql --batch --quick` (C client, TSV)",
+              "ours": "this product: profile + unique-key facts (a version run's export)",
+              "ours_no_profile": "this product, profile off (preprocess off)",
+              "ours_python": "this product, Python engine (before issue 12), profile + key facts",
+              "ours_preprocess": "this product, pandas preprocess (demo-style)",
+              "pandas_full": "pandas read_sql whole table + to_csv",
               "pandas_chunked": "pandas read_sql(chunksize=50k) streaming + to_csv"}
     for name in variants:
         print(f"| {labels[name]} | {res.wall(name):.2f} s | {res.wall(name) / cli:.2f}x | {res.rss(name):.0f} MB |")
@@ -292,25 +331,35 @@ def main() -> None:
                        ("version_run", "this product"), ("old_pipeline", "replaced: pandas + fresh clone + dvc add/commit/tag/push"),
                        ("rerun_unchanged", "this product, rerun with unchanged data")):
         print(f"| {label} | {res.wall(key):.2f} s | {res.wall(key) / limit:.2f}x |")
-    profile_ratio = res.wall("ours") / res.wall("ours_no_profile")
+    ours, bare, cli_ratio = res.wall("ours"), res.wall("ours_no_profile"), res.wall("ours_no_profile") / cli
+    identical = len(set(digests.values())) == 1 and len(digests) == 3
+    profile_ratio = ours / bare
     verdicts = [
-        ("column profile costs <= 10% of the export", profile_ratio <= 1.10,
-         f"{res.wall('ours'):.2f} s with vs {res.wall('ours_no_profile'):.2f} s without = {profile_ratio:.2f}x"),
-        ("export wall <= 1.5x mysql CLI (preprocess off)", res.wall("ours") / cli <= 1.5, f"{res.wall('ours') / cli:.2f}x"),
-        ("export wall <= 1.5x mysql CLI (preprocess on)", res.wall("ours_preprocess") / cli <= 1.5, f"{res.wall('ours_preprocess') / cli:.2f}x"),
+        ("export, preprocess off, <= 1.2x the mysql client", cli_ratio <= 1.2,
+         f"{bare:.2f} s vs {cli:.2f} s = {cli_ratio:.2f}x (with profile + key facts: {ours / cli:.2f}x; "
+         f"Python engine: {res.wall('ours_python') / cli:.2f}x)"),
+        ("export byte-identical to the Python engine (md5, same table)", identical,
+         ", ".join(f"{k} {v[:12]}" for k, v in digests.items())),
         ("export peak RSS <= 150 MB (preprocess off)", res.rss("ours") <= 150, f"{res.rss('ours'):.0f} MB"),
-        ("export peak RSS <= 150 MB (preprocess on)", res.rss("ours_preprocess") <= 150, f"{res.rss('ours_preprocess'):.0f} MB"),
+        ("export peak RSS <= 150 MB (pandas preprocess)", res.rss("ours_preprocess") <= 150,
+         f"{res.rss('ours_preprocess'):.0f} MB"),
     ]
     if args.flat_rows:
         ratio = res.rss("flat_big") / res.rss("flat_small")
-        verdicts.append((f"memory flat: {args.flat_rows:,} rows <= 1.1x the RSS of {args.flat_small:,}", ratio <= 1.1,
+        verdicts.append((f"memory flat: {args.flat_rows:,} rows <= 1.05x the RSS of {args.flat_small:,}", ratio <= 1.05,
                          f"{res.rss('flat_big'):.0f} MB vs {res.rss('flat_small'):.0f} MB = {ratio:.2f}x"))
     verdicts += [
-        ("version run <= 2x the limit pipeline", res.wall("version_run") / limit <= 2, f"{res.wall('version_run') / limit:.2f}x"),
+        ("export with a vectorized (Arrow/Polars) preprocess <= 2x the client", False,
+         "not built (no vectorized preprocess API yet); the pandas preprocess measures "
+         f"{res.wall('ours_preprocess') / cli:.2f}x (no target of its own)"),
+        ("profile + checks (key facts) add <= 10% to the export", profile_ratio <= 1.10,
+         f"{ours:.2f} s with vs {bare:.2f} s without = {profile_ratio:.2f}x"),
+        ("version run <= 1.5x the limit pipeline", res.wall("version_run") / limit <= 1.5,
+         f"{res.wall('version_run') / limit:.2f}x"),
         ("version run >= 5x faster than the replaced pipeline", res.wall("old_pipeline") / res.wall("version_run") >= 5,
          f"{res.wall('old_pipeline') / res.wall('version_run'):.2f}x faster"),
-        ("rerun unchanged <= 1.2x the export alone", res.wall("rerun_unchanged") / res.wall("ours") <= 1.2,
-         f"{res.wall('rerun_unchanged'):.2f} s vs {res.wall('ours'):.2f} s = {res.wall('rerun_unchanged') / res.wall('ours'):.2f}x"),
+        ("rerun unchanged <= 1.2x the export alone", res.wall("rerun_unchanged") / ours <= 1.2,
+         f"{res.wall('rerun_unchanged'):.2f} s vs {ours:.2f} s = {res.wall('rerun_unchanged') / ours:.2f}x"),
         (f"pull of a cached version < 1 s ({pull_mb:.0f} MB, no download)", res.wall("pull_cached") < 1, f"{res.wall('pull_cached'):.2f} s"),
         (f"parse the DAG folder with {args.projects} project YAMLs < 1 s", parse_s < 1,
          f"{parse_s:.2f} s for {dags} DAGs; our modules import in {import_s * 1000:.0f} ms"),
@@ -318,14 +367,16 @@ def main() -> None:
     print("\n## Verdicts\n")
     for text, ok, figure in verdicts:
         print(f"- {'MET' if ok else 'NOT MET'}: {text}: {figure}")
+    print("- fan-in publishes per second at 100 publishers: measured by tests/benchmarks/fan_in.py, which "
+          "`make bench` runs next (FANIN_ARGS)")
 
 
 def profile_overhead(args) -> None:
     """`--profile-only`: the export with the column profile (the default) and without, alternating."""
     tmp = Path(tempfile.mkdtemp(prefix="dsv-bench-"))
     res = Results()
-    variants = ["mysql_cli", "ours_no_profile", "ours"]
-    print(f"machine: {os.cpu_count()} cores; rows {args.rows:,}; repeat {args.repeat}; scratch {tmp}", flush=True)
+    variants = ["mysql_cli", "ours_no_profile", "ours", "ours_python"]
+    print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; export engine: {engine_name()}; rows {args.rows:,}; repeat {args.repeat}; scratch {tmp}", flush=True)
     try:
         table = seed(args.rows)
         size = 0
@@ -342,9 +393,10 @@ def profile_overhead(args) -> None:
     print(f"\n## Column profile: {args.rows:,} rows x 6 columns, {size / 1e6:.0f} MB of CSV (medians of {args.repeat})\n")
     print("| export | wall | vs mysql CLI | peak RSS |\n| --- | --- | --- | --- |")
     for name, label in (("mysql_cli", "`mysql --batch --quick`"), ("ours_no_profile", "this product, profile off"),
-                        ("ours", "this product, profile on (default)")):
+                        ("ours", "this product, profile + key facts (default)"),
+                        ("ours_python", "Python engine, profile + key facts")):
         print(f"| {label} | {res.wall(name):.2f} s | {res.wall(name) / cli:.2f}x | {res.rss(name):.0f} MB |")
-    print(f"\nprofile overhead: {on:.2f} s / {off:.2f} s = {on / off:.2f}x "
+    print(f"\nprofile + key facts overhead: {on:.2f} s / {off:.2f} s = {on / off:.2f}x "
           f"({'MET' if on / off <= 1.10 else 'NOT MET'}: target <= 1.10x)")
 
 
