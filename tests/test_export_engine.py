@@ -274,6 +274,17 @@ def test_sql_errors_keep_codes_and_retry_classification(tmp_path, mysql_params, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("engine", ["c", "python"])
+def test_text_that_is_not_utf8_stops_both_engines_and_publishes_nothing(tmp_path, mysql_params, engine_db, engine):
+    """MariaDB passes `_utf8mb4 X'EDA080'` (an encoded surrogate) through as it is: the CSV must be
+    UTF-8, so neither engine may write it (the C engine once copied the bytes as they came)."""
+    sql = "SELECT 1 AS id, 'ok' AS a UNION ALL SELECT 2, _utf8mb4 X'EDA080' ORDER BY id"
+    with pytest.raises(ExportError) as err:
+        export_query({**mysql_params, "db": engine_db}, sql, tmp_path / "u.csv", engine=engine)
+    assert "not valid UTF-8" in str(err.value) and err.value.retryable is False
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------------ engine choice and fallback
 def test_fallback_to_python_engine_when_the_extension_is_missing(tmp_path, mysql_params, engine_db, monkeypatch,
                                                                  caplog):

@@ -242,6 +242,12 @@ def test_hook_reads_credentials_refuses_unknown_extra_and_keeps_secrets_out_of_t
     with pytest.raises(MlflowTrackingError) as err:
         MlflowHook("mlf").settings()
     assert "unknown extra key(s) tokn" in str(err.value) and not err.value.retryable
+    monkeypatch.setenv("AIRFLOW_CONN_MLF", json.dumps(  # another service's connection: its password stays home
+        {"conn_type": "smtp", "host": "mail.example.com", "port": 25, "login": "bob", "password": PASSWORD}))
+    with pytest.raises(MlflowTrackingError) as err:
+        MlflowHook("mlf").settings()
+    assert "type 'smtp' is not an MLflow tracking connection" in str(err.value) and not err.value.retryable
+    assert PASSWORD not in str(err.value)
     monkeypatch.setenv("AIRFLOW_CONN_MLF", json.dumps(
         {"conn_type": "http", "host": f"http://bob:{PASSWORD}@mlflow:5000"}))
     with pytest.raises(MlflowTrackingError) as err:

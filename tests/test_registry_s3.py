@@ -168,11 +168,17 @@ def test_remote_options_pushed_into_the_tracked_dvc_config_are_not_trusted(tmp_p
     subprocess.run(["git", "clone", "-q", reg.repo_url, str(evil)], check=True, env=env)
     config = evil / ".dvc" / "config"
     config.write_text(config.read_text() + "    endpointurl = http://127.0.0.1:9\n    profile = nobody\n"
-                      "    credentialpath = /nonexistent\n    use_ssl = false\n")
+                      "    credentialpath = /nonexistent\n    use_ssl = false\n    acl = public-read\n"
+                      "    sse = aws:kms\n    sse_kms_key_id = arn:aws:kms:us-east-1:999999999999:key/attacker\n")
     for argv in (["git", "commit", "-q", "-am", "point the remote elsewhere"], ["git", "push", "-q", "origin", "main"]):
         subprocess.run(argv, cwd=evil, check=True, env=env)
     result = publish(RegistryClient(reg.settings(tmp_path / "w2")), "v2", CONTENT + b"4,d\n")
     assert result.created and md5(CONTENT + b"4,d\n") in reg.objects()
+    s3 = reg.server.client()
+    key = reg.object_key(md5(CONTENT + b"4,d\n"))
+    grants = s3.get_object_acl(Bucket=reg.bucket, Key=key)["Grants"]
+    assert not [g for g in grants if "AllUsers" in str(g.get("Grantee"))], grants  # not made public
+    assert "SSEKMSKeyId" not in s3.head_object(Bucket=reg.bucket, Key=key)  # not encrypted with their key
     puller = RegistryClient(reg.settings(tmp_path / "puller"))
     assert puller.pull("sales", "train.csv", "v2", tmp_path / "v2.csv")[1].read_bytes() == CONTENT + b"4,d\n"
 

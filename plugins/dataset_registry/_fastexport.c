@@ -423,6 +423,34 @@ static void key_free(key_t_ *k) {
 static const char HEX[] = "0123456789ABCDEF";
 static unsigned char NEEDS_QUOTE[256];
 
+/* Length of the valid UTF-8 prefix of v, with Python's strict rules (no overlongs, no surrogates,
+ * nothing above U+10FFFF): text columns must decode as the Python engine decodes them. */
+static size_t utf8_valid_prefix(const char *v, size_t n) {
+    const unsigned char *s = (const unsigned char *)v;
+    size_t i = 0;
+    while (i < n) {
+        unsigned char x = s[i];
+        if (x < 0x80) { i++; continue; }
+        size_t need;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (x >= 0xC2 && x <= 0xDF) need = 1;
+        else if (x == 0xE0) { need = 2; lo = 0xA0; }
+        else if (x == 0xED) { need = 2; hi = 0x9F; }
+        else if (x >= 0xE1 && x <= 0xEF) need = 2;
+        else if (x == 0xF0) { need = 3; lo = 0x90; }
+        else if (x >= 0xF1 && x <= 0xF3) need = 3;
+        else if (x == 0xF4) { need = 3; hi = 0x8F; }
+        else return i;
+        if (i + need >= n) return i; /* truncated sequence */
+        if (s[i + 1] < lo || s[i + 1] > hi) return i;
+        for (size_t k = 2; k <= need; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xBF) return i;
+        i += need + 1;
+    }
+    return n;
+}
+
+/* 0, -1 out of memory, -2 a text value that is not valid UTF-8 (nothing written for it) */
 static int put_value(buf_t *b, const col_t *c, const char *v, size_t n) {
     if (c->is_bytes) {
         if (buf_reserve(b, 2 + 2 * n + 1)) return -1;
@@ -438,6 +466,7 @@ static int put_value(buf_t *b, const col_t *c, const char *v, size_t n) {
     }
     int quote = 0;
     if (!c->plain) {
+        if (utf8_valid_prefix(v, n) != n) return -2;
         if (n == 0) quote = 1;
         else
             for (size_t i = 0; i < n; i++)
@@ -548,6 +577,7 @@ static PyObject *Result_stream(ResultObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "key positions and kinds: two lists of one length"); return NULL;
     }
     PyObject *out = NULL;
+    int started = 0;
     buf_t buf = {0};
     key_t_ key;
     memset(&key, 0, sizeof key);
@@ -589,8 +619,9 @@ static PyObject *Result_stream(ResultObject *self, PyObject *args) {
     if (buf_reserve(&buf, (size_t)buf_size + 4096)) { PyErr_NoMemory(); goto fail; }
 
     self->busy = 1;
+    started = 1;
     for (;;) {
-        int oom = 0, ended = 0;
+        int oom = 0, ended = 0, bad_col = -1;
         long long since = 0;
         MYSQL_ROW row;
         unsigned long *lengths;
@@ -607,10 +638,12 @@ static PyObject *Result_stream(ResultObject *self, PyObject *args) {
                     buf.p[buf.len++] = ',';
                 }
                 if (!row[i]) { c->nulls++; continue; }
-                if (put_value(&buf, c, row[i], lengths[i])) { oom = 1; break; }
+                int put = put_value(&buf, c, row[i], lengths[i]);
+                if (put == -2) { bad_col = (int)i; break; }
+                if (put) { oom = 1; break; }
                 if (profile && col_add(c, row[i], lengths[i])) { oom = 1; break; }
             }
-            if (oom) break;
+            if (oom || bad_col >= 0) break;
             if (buf_reserve(&buf, 1)) { oom = 1; break; }
             buf.p[buf.len++] = '\n';
             if (key.n && key_add(&key, row, lengths)) { oom = 1; break; }
@@ -619,6 +652,13 @@ static PyObject *Result_stream(ResultObject *self, PyObject *args) {
         }
         PyEval_RestoreThread(ts);
         if (oom) { PyErr_NoMemory(); goto fail; }
+        if (bad_col >= 0) { /* what the Python engine's strict decoding raises, for the same value */
+            size_t n = lengths[bad_col], at = utf8_valid_prefix(row[bad_col], n);
+            PyObject *e = PyUnicodeDecodeError_Create("utf-8", row[bad_col], (Py_ssize_t)n, (Py_ssize_t)at,
+                                                      (Py_ssize_t)(at + 1), "invalid UTF-8 in a text column");
+            if (e) { PyErr_SetObject(PyExc_UnicodeDecodeError, e); Py_DECREF(e); }
+            goto fail;
+        }
         if (ended && mysql_errno(self->mysql)) {
             raise_mysql(self->mysql);
             self->busy = 0;
@@ -672,8 +712,14 @@ static PyObject *Result_stream(ResultObject *self, PyObject *args) {
             PyObject *head = PyList_New(key.n), *tail = PyList_New(key.n);
             if (!head || !tail) { Py_XDECREF(head); Py_XDECREF(tail); Py_DECREF(example); Py_DECREF(prof); Py_DECREF(keyinfo); goto fail; }
             for (int i = 0; i < key.n; i++) {
-                PyList_SET_ITEM(head, i, PyBytes_FromStringAndSize(key.ex_head[i].p, (Py_ssize_t)key.ex_head[i].len));
-                PyList_SET_ITEM(tail, i, PyBytes_FromStringAndSize(key.ex_tail[i].p, (Py_ssize_t)key.ex_tail[i].len));
+                PyObject *h = PyBytes_FromStringAndSize(key.ex_head[i].p, (Py_ssize_t)key.ex_head[i].len);
+                PyObject *t = PyBytes_FromStringAndSize(key.ex_tail[i].p, (Py_ssize_t)key.ex_tail[i].len);
+                if (!h || !t) {
+                    Py_XDECREF(h); Py_XDECREF(t); Py_DECREF(head); Py_DECREF(tail); Py_DECREF(example);
+                    Py_DECREF(prof); Py_DECREF(keyinfo); goto fail;
+                }
+                PyList_SET_ITEM(head, i, h);
+                PyList_SET_ITEM(tail, i, t);
             }
             Py_DECREF(example);
             example = Py_BuildValue("(NN)", head, tail);
@@ -686,6 +732,7 @@ static PyObject *Result_stream(ResultObject *self, PyObject *args) {
     out = Py_BuildValue("(LNN)", self->rows, prof, keyinfo);
 fail:
     self->busy = 0;
+    if (!out && started) self->done = 1; /* a stream that failed part-way cannot be resumed mid-row */
     for (unsigned int i = 0; i < ncols; i++) {
         buf_free(&cols[i].minv);
         buf_free(&cols[i].maxv);

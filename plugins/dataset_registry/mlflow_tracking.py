@@ -306,6 +306,7 @@ class MlflowTracker:
             run = self._call(f"reading run {known_run_id}", client.get_run, known_run_id,
                              missing_ok=("RESOURCE_DOES_NOT_EXIST",))
             if (run is not None and run.info.lifecycle_stage == "active"
+                    and str(run.info.experiment_id) == str(experiment_id)
                     and run.data.tags.get(TAG_DAG_ID) == dag_id and run.data.tags.get(TAG_RUN_ID) == run_id):
                 return run
         dag_lit, run_lit = _quoted(dag_id), _quoted(run_id)

@@ -346,6 +346,8 @@ def export_query(
                     batch = cursor.fetchmany(fetch_rows)
                 except MySQLdb.Error as exc:
                     raise ExportError(f"reading the result failed after {read} rows: {_server_message(exc)}") from None
+                except UnicodeDecodeError as exc:
+                    raise _not_utf8(exc, read) from None
                 if not batch:
                     break
                 read += len(batch)
@@ -473,6 +475,8 @@ def _export_fast(fast, conn, sql: str, partial: Path, dest: Path, started: float
                                                            FAST_BUFFER_BYTES)
             except fast.Error as exc:
                 raise ExportError(f"reading the result failed after {result.rows} rows: {_server_message(exc)}") from None
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(exc, result.rows) from None
             out.flush()
             os.fsync(out.fileno())
     except BaseException:
@@ -512,6 +516,16 @@ def _export_fast(fast, conn, sql: str, partial: Path, dest: Path, started: float
         key_facts = tracker.facts()
     return ExportResult(path=dest, rows=rows, bytes=size, md5=md5.hexdigest(), columns=columns, seconds=elapsed,
                         column_types=column_types, csv_columns=list(columns), profile=col_profile, key_facts=key_facts)
+
+
+def _not_utf8(exc: UnicodeDecodeError, rows_before: int) -> ExportError:
+    """The server sent a text value that is not valid UTF-8 (e.g. ``_utf8mb4 X'EDA080'``, a surrogate):
+    the CSV must be UTF-8, so the export stops (both engines, the same rule); a retry cannot help."""
+    bad = exc.object[max(0, exc.start - 8):exc.end + 8]
+    return ExportError(
+        f"a text value after row {rows_before} is not valid UTF-8 ({exc.reason} at byte {exc.start}, near {bad!r}); "
+        "the CSV must be UTF-8: fix the data, or convert the column in the query (e.g. HEX(col), or "
+        "CAST(col AS BINARY) to export it as 0x hex)", retryable=False)
 
 
 def _precisions(description) -> list[int | None]:

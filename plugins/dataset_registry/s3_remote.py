@@ -27,12 +27,11 @@ ENV_SECRET_ACCESS_KEY = "DATASET_REGISTRY_S3_SECRET_ACCESS_KEY"
 ENV_SESSION_TOKEN = "DATASET_REGISTRY_S3_SESSION_TOKEN"
 ENV_ENDPOINT_URL = "DATASET_REGISTRY_S3_ENDPOINT_URL"
 ENV_REGION = "DATASET_REGISTRY_S3_REGION"
-# Remote options the registry's tracked .dvc/config could carry (anyone who can push writes it) that
-# would send the worker's requests elsewhere, weaken TLS or load other credentials: ignored in favour
-# of the registry settings.
-UNTRUSTED_REMOTE_OPTIONS = ("endpointurl", "region", "profile", "credentialpath", "configpath", "access_key_id",
-                            "secret_access_key", "session_token", "use_ssl", "ssl_verify", "allow_anonymous_login",
-                            "version_aware")
+# The only options taken from DVC's config files (the remote's address). Anyone who can push writes the
+# registry's tracked .dvc/config: an endpoint, profile, credentials file, acl/grant, SSE key or timeout
+# set there would redirect, expose or break the worker's uploads, so everything else comes from the
+# registry settings or is left at DVC's default.
+TRUSTED_REMOTE_OPTIONS = ("url", "name")
 # The worker's own credentials, ignored by the child when the settings give credentials.
 AMBIENT_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                                 "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
@@ -240,8 +239,9 @@ def patch_dvc_s3() -> None:
     original = dvc_s3.S3FileSystem._prepare_credentials
 
     def prepare_credentials(self, **config):
-        for name in UNTRUSTED_REMOTE_OPTIONS:
-            config.pop(name, None)
+        # Allow-list, not deny-list: every other option a tracked config could set (acl, grant_*,
+        # sse*, timeouts, ...) would change how the worker writes the data, so only the URL is kept.
+        config = {k: v for k, v in config.items() if k in TRUSTED_REMOTE_OPTIONS}
         config["endpointurl"] = os.environ.get(ENV_ENDPOINT_URL) or None
         config["region"] = os.environ.get(ENV_REGION) or None
         if os.environ.get(ENV_ACCESS_KEY_ID):

@@ -29,6 +29,9 @@ def _whole(conn_id: str, key: str, value, low: int, high: int) -> int:
     return int(value)
 
 
+ACCEPTED_CONN_TYPES = ("http", "https")
+
+
 class MlflowHook(BaseHook):
     """An MLflow tracking server.
 
@@ -49,6 +52,10 @@ class MlflowHook(BaseHook):
     def settings(self) -> TrackingSettings:
         """Read and check the connection. Raises MlflowTrackingError (not retryable) naming the field."""
         conn = self.get_connection(self.mlflow_conn_id)
+        if conn.conn_type not in ACCEPTED_CONN_TYPES:  # never send another service's password to its host
+            raise MlflowTrackingError(f"connection {self.mlflow_conn_id!r}: type {conn.conn_type!r} is not an MLflow "
+                                      f"tracking connection: make it 'http' (host = the tracking URI)",
+                                      retryable=False)
         extra = conn.extra_dejson or {}
         unknown = sorted(set(extra) - set(EXTRA_KEYS))
         if unknown:
