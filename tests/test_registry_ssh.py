@@ -117,3 +117,27 @@ def test_existing_non_dvc_repository_is_refused(tmp_path, registry):
     run(["git", "-C", seed, "push", "-q", str(registry.bare), "main"])
     with pytest.raises(RegistryError, match="not a DVC repository"):
         publish(registry, "sales", "v1", b"a\n1\n")
+
+
+def test_ssh_options_pushed_into_the_tracked_dvc_config_are_not_trusted(tmp_path, registry, sshd):
+    """Whoever can push writes the registry's .dvc/config, and DVC lets its options win over the URL:
+    a user, port, key file or GSS setting put there must not change how a worker logs in."""
+    import os
+    import subprocess
+
+    publish(registry, "sales", "v1", b"a\n1\n")
+    evil = tmp_path / "evil"
+    env = {**os.environ, "GIT_AUTHOR_NAME": "e", "GIT_AUTHOR_EMAIL": "e@e", "GIT_COMMITTER_NAME": "e",
+           "GIT_COMMITTER_EMAIL": "e@e",
+           "GIT_SSH_COMMAND": f"ssh -i {sshd.key_file} -o UserKnownHostsFile={sshd.known_hosts} -o IdentitiesOnly=yes"}
+    subprocess.run(["git", "clone", "-q", registry.repo_url, str(evil)], check=True, env=env)
+    config = evil / ".dvc" / "config"
+    config.write_text(config.read_text() + "    user = nobody\n    port = 1\n    keyfile = /nonexistent/key\n"
+                      "    gss_auth = true\n")
+    for argv in (["git", "commit", "-q", "-am", "log in elsewhere"], ["git", "push", "-q", "origin", "main"]):
+        subprocess.run(argv, cwd=evil, check=True, env=env)
+    content = b"a\n2\n"
+    result = publish(registry, "sales", "v2", content, work_dir=tmp_path / "w2")
+    assert result.created and registry.tags() == ["sales/v1", "sales/v2"]
+    md5 = hashlib.md5(content).hexdigest()
+    assert (registry.store / "files" / "md5" / md5[:2] / md5[2:]).read_bytes() == content

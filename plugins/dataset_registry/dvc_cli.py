@@ -25,6 +25,26 @@ ENV_KEY_FILE = "DATASET_REGISTRY_SSH_KEY_FILE"
 ENV_KNOWN_HOSTS = "DATASET_REGISTRY_SSH_KNOWN_HOSTS"
 ENV_NO_HOST_KEY_CHECK = "DATASET_REGISTRY_SSH_NO_HOST_KEY_CHECK"
 ENV_TIMEOUT = "DATASET_REGISTRY_SSH_TIMEOUT"
+ENV_REMOTE_URL = "DATASET_REGISTRY_SSH_REMOTE_URL"  # the settings' ssh:// remote (no secret in it)
+
+
+def _trusted_ssh_config(config: dict) -> dict:
+    """The SSH options DVC merged from its config files, cut down to what the registry settings say.
+
+    Anyone who can push writes the registry's tracked ``.dvc/config``, and DVC lets its options win
+    over the URL: a ``user``, ``port``, ``keyfile``, ``password`` or ``gss_auth`` put there would make
+    the worker log in elsewhere or as someone else. So only the host (from the URL) is kept, and
+    port and user are read again from the settings' own URL.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    trusted = {"host": config["host"]}
+    parts = urlsplit(os.environ[ENV_REMOTE_URL])
+    if parts.port:
+        trusted["port"] = parts.port
+    if parts.username:
+        trusted["user"] = unquote(parts.username)
+    return trusted
 
 
 def _patch_ssh() -> None:
@@ -35,6 +55,8 @@ def _patch_ssh() -> None:
     original = dvc_ssh.SSHFileSystem._prepare_credentials
 
     def prepare_credentials(self, **config):
+        if os.environ.get(ENV_REMOTE_URL):
+            config = _trusted_ssh_config(config)
         if os.environ.get(ENV_USER) and not (config.get("user") or config.get("username")):
             config["user"] = os.environ[ENV_USER]
         if os.environ.get(ENV_PASSWORD):

@@ -113,6 +113,8 @@ class SubprocessEnv:
             env[dvc_cli.ENV_PASSWORD] = s.ssh_password
         env["GIT_SSH_COMMAND"] = shlex.join(self.ssh_command())
         env["GIT_SSH_VARIANT"] = "ssh"
+        if s.remote_url.startswith("ssh://"):  # DVC's SSH options come from this URL, not the tracked config
+            env[dvc_cli.ENV_REMOTE_URL] = s.remote_url
         if s.ssh_user:
             env[dvc_cli.ENV_USER] = s.ssh_user
         if s.key_file:
