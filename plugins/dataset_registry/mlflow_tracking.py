@@ -138,6 +138,15 @@ class TrackingSettings:
         return [s for s in (self.password, self.token) if s]
 
 
+def _set_environ(values: dict[str, str | None]) -> None:
+    """Set each variable; None removes it."""
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @contextmanager
 def client_environment(settings: TrackingSettings) -> Iterator[None]:
     """Set the settings' variables for the duration of one client call; restore what was there."""
@@ -145,18 +154,10 @@ def client_environment(settings: TrackingSettings) -> Iterator[None]:
         wanted = settings.environ()
         saved = {name: os.environ.get(name) for name in wanted}
         try:
-            for name, value in wanted.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            _set_environ(wanted)
             yield
         finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            _set_environ(saved)
 
 
 def clean_key(key: object) -> str:

@@ -378,20 +378,7 @@ def export_query(
                 size += len(data)
             out.flush()
             os.fsync(out.fileno())
-        try:
-            more = cursor.nextset()
-        except MySQLdb.Error as exc:
-            raise ExportError(f"query refused (one statement): a second result failed: {_server_message(exc)}",
-                              retryable=False) from None
-        if more:
-            raise ExportError(
-                "query refused (one statement): the query returned more than one result set (a CALL or "
-                "several statements?); only one SELECT may run. Nothing was published.", retryable=False)
-        try:
-            conn.rollback()  # read-only snapshot: nothing to commit
-        except MySQLdb.Error:
-            pass
-        os.replace(partial, dest)
+        _finish_single_result(cursor.nextset, conn, partial, dest)
     except OSError as exc:
         partial.unlink(missing_ok=True)
         message = disk_problem(exc, partial, "writing the export")
@@ -489,20 +476,8 @@ def _export_fast(fast, conn, sql: str, partial: Path, dest: Path, started: float
         result.close()
         raise
     result.close()
-    try:
-        more = conn.next_result()  # as cursor.nextset(): -1 when there is no other result set
-    except MySQLdb.Error as exc:
-        raise ExportError(f"query refused (one statement): a second result failed: {_server_message(exc)}",
-                          retryable=False) from None
-    if more != -1:
-        raise ExportError(
-            "query refused (one statement): the query returned more than one result set (a CALL or "
-            "several statements?); only one SELECT may run. Nothing was published.", retryable=False)
-    try:
-        conn.rollback()  # read-only snapshot: nothing to commit
-    except MySQLdb.Error:
-        pass
-    os.replace(partial, dest)
+    # conn.next_result() is what cursor.nextset() calls: -1 when there is no other result set
+    _finish_single_result(lambda: conn.next_result() != -1, conn, partial, dest)
     elapsed = time.monotonic() - started
     size = state["size"]
     log.info("export done: %d rows written (%d read), %.1f MB in %.1f s", rows, rows, size / 1e6, elapsed)
@@ -516,6 +491,27 @@ def _export_fast(fast, conn, sql: str, partial: Path, dest: Path, started: float
         key_facts = tracker.facts()
     return ExportResult(path=dest, rows=rows, bytes=size, md5=md5.hexdigest(), columns=columns, seconds=elapsed,
                         column_types=column_types, csv_columns=list(columns), profile=col_profile, key_facts=key_facts)
+
+
+def _finish_single_result(has_more: Callable[[], Any], conn, partial: Path, dest: Path) -> None:
+    """Both engines end the same way: a second result set refuses the export (one statement only),
+    the read-only snapshot is ended, and the complete file takes its real name."""
+    import MySQLdb
+
+    try:
+        more = has_more()
+    except MySQLdb.Error as exc:
+        raise ExportError(f"query refused (one statement): a second result failed: {_server_message(exc)}",
+                          retryable=False) from None
+    if more:
+        raise ExportError(
+            "query refused (one statement): the query returned more than one result set (a CALL or "
+            "several statements?); only one SELECT may run. Nothing was published.", retryable=False)
+    try:
+        conn.rollback()  # read-only snapshot: nothing to commit
+    except MySQLdb.Error:
+        pass
+    os.replace(partial, dest)
 
 
 def _not_utf8(exc: UnicodeDecodeError, rows_before: int) -> ExportError:
