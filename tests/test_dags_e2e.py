@@ -66,6 +66,27 @@ def test_inverted_window_is_refused(tmp_path, shop, registry):
     assert registry.tags() == []
 
 
+def test_an_arrow_preprocess_runs_in_the_dag_and_publishes_its_output(tmp_path, shop, registry, sshd):
+    """``preprocess_api: arrow`` from the YAML to the pulled bytes, the tag's profile and the Asset event."""
+    (tmp_path / "shopprep.py").write_text(
+        "import pyarrow as pa, pyarrow.compute as pc\n"
+        "def clean(batch):\n"
+        "    item = pc.utf8_upper(batch.column('item'))\n"
+        "    cents = pc.multiply(batch.column('price').cast(pa.decimal128(8, 2)), 100).cast(pa.int64())\n"
+        "    return pa.RecordBatch.from_arrays([batch.column('id'), item, cents], names=['id', 'item', 'cents'])\n")
+    yaml_path = tmp_path / "projects" / "shop.yaml"
+    yaml_path.write_text(yaml_path.read_text() + "preprocess: shopprep:clean\npreprocess_api: arrow\nkey: [id]\n"
+                         "checks:\n  unique: [id]\n  columns: {id: INT, item: VARCHAR, cents: BIGINT}\n")
+    proc = dags_test(shop, {"start": "2024-05-01T00:00:00Z", "end": "2024-05-03T00:00:00Z"}, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert registry.tags() == ["shop/v20240503T000000"]
+    pulled = plain_pull(registry, sshd, "shop/v20240503T000000", tmp_path / "pull", "shop/orders.csv")
+    assert pulled == b'id,item,cents\n1,TEA,350\n2,"",0\n3,,999\n4,"MUG ""XL""",1200\n'
+    message = registry.git("tag", "-l", "--format=%(contents)", "shop/v20240503T000000")
+    assert "rows: 4" in message and '"cents"' in message
+    assert "preprocess" in proc.stdout + proc.stderr and "Arrow batches" in proc.stdout + proc.stderr
+
+
 def model_db_rows(env, sql):
     import sqlite3
 

@@ -52,6 +52,8 @@ def test_unknown_key_is_refused(tmp_path):
     ("version_template: '$(touch x)'", "version_template"),
     ("query: ../../../etc/passwd.sql", "query"),
     ("retries: -1", "retries"),
+    ("preprocess_api: polars", "preprocess_api"),
+    ("preprocess_api: [arrow]", "preprocess_api"),
 ])
 def test_bad_values_name_the_key(tmp_path, line, key):
     base = GOOD.format(name="p")
@@ -116,3 +118,9 @@ def test_dag_shape_params_and_timetable(tmp_path, monkeypatch):
     assert set(task.template_fields) >= {"project", "version", "start", "end"}
     assert [o.uri for o in task.outlets] == ["dvc://registry/alpha"]
     assert "dataset-versioning" in dag.tags and dag.doc_md
+
+
+def test_preprocess_api_defaults_to_pandas_and_takes_arrow(tmp_path):
+    assert load_project(write(tmp_path, "p", GOOD.format(name="p"))).preprocess_api == "pandas"
+    cfg = load_project(write(tmp_path, "q", GOOD.format(name="q") + "preprocess_api: arrow\n"))
+    assert cfg.preprocess_api == "arrow"

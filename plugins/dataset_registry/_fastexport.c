@@ -744,8 +744,166 @@ fail:
     return out;
 }
 
+/* batches(emit, columns, batch_rows, batch_bytes) -> rows
+ * The rows as Arrow `string` columns instead of CSV (the Arrow preprocess API): per batch of at most
+ * batch_rows rows (or ~batch_bytes of values), one (offsets int32, values, validity | None, null_count)
+ * tuple per column, handed to emit(columns, rows_in_batch, rows_so_far); Python wraps the buffers
+ * without a copy. Values are the text the CSV would hold unquoted: binary (is_bytes) as "0x" + hex,
+ * text checked to be UTF-8 (the same UnicodeDecodeError as stream()), NULL as a cleared validity bit.
+ * columns: one (plain, is_bytes) per column (plain: numbers/dates, never checked). */
+typedef struct {
+    buf_t offs, data, valid;
+    long long nulls;
+} arrow_col_t;
+
+static PyObject *arrow_col_tuple(arrow_col_t *c) {
+    PyObject *valid = Py_None;
+    if (c->nulls) valid = PyBytes_FromStringAndSize(c->valid.p, (Py_ssize_t)c->valid.len);
+    else Py_INCREF(Py_None);
+    if (!valid) return NULL;
+    return Py_BuildValue("(y#y#NL)", c->offs.p, (Py_ssize_t)c->offs.len, c->data.p ? c->data.p : "",
+                         (Py_ssize_t)c->data.len, valid, c->nulls);
+}
+
+static PyObject *Result_batches(ResultObject *self, PyObject *args) {
+    PyObject *emit, *columns;
+    long long batch_rows;
+    Py_ssize_t batch_bytes;
+    if (!PyArg_ParseTuple(args, "OO!Ln", &emit, &PyList_Type, &columns, &batch_rows, &batch_bytes)) return NULL;
+    if (!self->res || self->done || self->busy) {
+        PyErr_SetString(PyExc_ValueError, "result is closed, being streamed or already streamed");
+        return NULL;
+    }
+    if (!PyCallable_Check(emit)) { PyErr_SetString(PyExc_TypeError, "emit must be callable"); return NULL; }
+    if (batch_rows < 1 || batch_bytes < 1) { PyErr_SetString(PyExc_ValueError, "batch_rows and batch_bytes must be >= 1"); return NULL; }
+    unsigned int ncols = self->ncols;
+    if (PyList_GET_SIZE(columns) != (Py_ssize_t)ncols) {
+        PyErr_SetString(PyExc_ValueError, "columns: one tuple per result column"); return NULL;
+    }
+    col_t *spec = calloc(ncols ? ncols : 1, sizeof(col_t));
+    arrow_col_t *cols = calloc(ncols ? ncols : 1, sizeof(arrow_col_t));
+    PyObject *out = NULL;
+    int started = 0;
+    if (!spec || !cols) { PyErr_NoMemory(); goto fail; }
+    for (unsigned int i = 0; i < ncols; i++) {
+        PyObject *t = PyList_GET_ITEM(columns, i);
+        if (!PyTuple_Check(t) || !PyArg_ParseTuple(t, "pp;columns[i]: (plain, is_bytes)", &spec[i].plain, &spec[i].is_bytes)) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "columns[i] must be a tuple");
+            goto fail;
+        }
+    }
+    self->busy = 1;
+    started = 1;
+    for (;;) {
+        int oom = 0, ended = 0, bad_col = -1, too_big = 0;
+        long long n = 0;
+        size_t bytes = 0;
+        MYSQL_ROW row = NULL;
+        unsigned long *lengths = NULL;
+        for (unsigned int i = 0; i < ncols; i++) {
+            cols[i].offs.len = cols[i].data.len = cols[i].valid.len = 0;
+            cols[i].nulls = 0;
+            int32_t zero = 0;
+            if (buf_reserve(&cols[i].offs, 4)) { PyErr_NoMemory(); goto fail; }
+            memcpy(cols[i].offs.p, &zero, 4);
+            cols[i].offs.len = 4;
+        }
+        PyThreadState *ts = PyEval_SaveThread();
+        while (n < batch_rows && bytes < (size_t)batch_bytes) {
+            row = mysql_fetch_row(self->res);
+            if (!row) { ended = 1; break; }
+            lengths = mysql_fetch_lengths(self->res);
+            if (!lengths) { ended = 1; break; }
+            for (unsigned int i = 0; i < ncols && !oom; i++) {
+                arrow_col_t *c = &cols[i];
+                if ((n & 7) == 0) {
+                    if (buf_reserve(&c->valid, 1)) { oom = 1; break; }
+                    c->valid.p[c->valid.len++] = 0;
+                }
+                if (row[i]) {
+                    c->valid.p[n >> 3] |= (char)(1 << (n & 7));
+                    size_t len = lengths[i], need = spec[i].is_bytes ? 2 + 2 * len : len;
+                    if (c->data.len + need > (size_t)INT32_MAX) { too_big = 1; break; }
+                    if (!spec[i].is_bytes && !spec[i].plain && utf8_valid_prefix(row[i], len) != len) { bad_col = (int)i; break; }
+                    if (buf_reserve(&c->data, need + 1)) { oom = 1; break; }
+                    char *o = c->data.p + c->data.len;
+                    if (spec[i].is_bytes) {
+                        *o++ = '0'; *o++ = 'x';
+                        for (size_t k = 0; k < len; k++) {
+                            unsigned char x = (unsigned char)row[i][k];
+                            *o++ = HEX[x >> 4];
+                            *o++ = HEX[x & 15];
+                        }
+                    } else if (len) {
+                        memcpy(o, row[i], len);
+                    }
+                    c->data.len += need;
+                    bytes += need;
+                } else {
+                    c->nulls++;
+                }
+                int32_t end = (int32_t)c->data.len;
+                if (buf_reserve(&c->offs, 4)) { oom = 1; break; }
+                memcpy(c->offs.p + c->offs.len, &end, 4);
+                c->offs.len += 4;
+            }
+            if (oom || bad_col >= 0 || too_big) break;
+            n++;
+            self->rows++;
+        }
+        PyEval_RestoreThread(ts);
+        if (oom) { PyErr_NoMemory(); goto fail; }
+        if (too_big) { /* one batch's column over Arrow's 2 GB `string` limit: only a huge value does that */
+            PyErr_SetString(FastError, "a value is too large for an Arrow string column (over 2 GB in one batch)");
+            goto fail;
+        }
+        if (bad_col >= 0) {
+            size_t len = lengths[bad_col], at = utf8_valid_prefix(row[bad_col], len);
+            PyObject *e = PyUnicodeDecodeError_Create("utf-8", row[bad_col], (Py_ssize_t)len, (Py_ssize_t)at,
+                                                      (Py_ssize_t)(at + 1), "invalid UTF-8 in a text column");
+            if (e) { PyErr_SetObject(PyExc_UnicodeDecodeError, e); Py_DECREF(e); }
+            goto fail;
+        }
+        if (ended && mysql_errno(self->mysql)) {
+            raise_mysql(self->mysql);
+            self->busy = 0;
+            result_free(self); /* the stream is broken: nothing left to skip */
+            goto fail;
+        }
+        if (n) {
+            PyObject *list = PyList_New(ncols);
+            if (!list) goto fail;
+            for (unsigned int i = 0; i < ncols; i++) {
+                PyObject *t = arrow_col_tuple(&cols[i]);
+                if (!t) { Py_DECREF(list); goto fail; }
+                PyList_SET_ITEM(list, i, t);
+            }
+            PyObject *r = PyObject_CallFunction(emit, "NLL", list, n, self->rows);
+            if (!r) goto fail; /* the result stays open: the caller closes the connection first */
+            Py_DECREF(r);
+            for (unsigned int i = 0; i < ncols; i++) { /* a huge value grew a buffer: give the memory back */
+                if (cols[i].data.cap > 4 * (size_t)batch_bytes + 8192) { buf_free(&cols[i].data); }
+            }
+        }
+        if (ended) break;
+    }
+    self->done = 1;
+    self->busy = 0;
+    result_free(self);
+    out = PyLong_FromLongLong(self->rows);
+fail:
+    self->busy = 0;
+    if (!out && started) self->done = 1; /* a stream that failed part-way cannot be resumed mid-row */
+    if (cols)
+        for (unsigned int i = 0; i < ncols; i++) { buf_free(&cols[i].offs); buf_free(&cols[i].data); buf_free(&cols[i].valid); }
+    free(cols);
+    free(spec);
+    return out;
+}
+
 static PyMethodDef Result_methods[] = {
     {"stream", (PyCFunction)Result_stream, METH_VARARGS, "Stream the rows as CSV to write(bytes, rows); see the module doc."},
+    {"batches", (PyCFunction)Result_batches, METH_VARARGS, "Stream the rows as Arrow string columns to emit(columns, n, rows)."},
     {"close", (PyCFunction)Result_close, METH_NOARGS, "Free the result (an unfinished stream is skipped to its end)."},
     {NULL}};
 
@@ -802,6 +960,142 @@ static PyObject *hash_value(PyObject *module, PyObject *arg) { /* for tests: the
     return PyLong_FromLongLong((int64_t)h);
 }
 
+/* hash_strings(offsets, data, start, count, wide) -> bytes: the sketch's hash of each of `count`
+ * strings of an Arrow string array (offsets buffer of int32, or int64 when wide; values buffer),
+ * from element `start` (the array's offset), as native int64s. Null slots hash their (empty) bytes:
+ * the caller drops nulls first. Every offset is checked against both buffers before any read. */
+static PyObject *hash_strings(PyObject *module, PyObject *args) {
+    Py_buffer offs, data;
+    Py_ssize_t start, count;
+    int wide;
+    if (!PyArg_ParseTuple(args, "y*y*nnp", &offs, &data, &start, &count, &wide)) return NULL;
+    PyObject *out = NULL;
+    size_t width = wide ? 8 : 4;
+    if (start < 0 || count < 0 || (size_t)offs.len / width < (size_t)start + (size_t)count + 1) {
+        PyErr_SetString(PyExc_ValueError, "hash_strings: the offsets buffer is shorter than start + count + 1");
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, count * 8);
+    if (!out) goto done;
+    int64_t *hashes = (int64_t *)PyBytes_AS_STRING(out);
+    const unsigned char *base = data.buf;
+    size_t size = (size_t)data.len;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t lo, hi;
+        if (wide) {
+            memcpy(&lo, (const char *)offs.buf + (start + i) * 8, 8);
+            memcpy(&hi, (const char *)offs.buf + (start + i + 1) * 8, 8);
+        } else {
+            int32_t a, b;
+            memcpy(&a, (const char *)offs.buf + (start + i) * 4, 4);
+            memcpy(&b, (const char *)offs.buf + (start + i + 1) * 4, 4);
+            lo = a;
+            hi = b;
+        }
+        if (lo < 0 || hi < lo || (uint64_t)hi > size) { bad = 1; break; }
+        hashes[i] = (int64_t)hash_bytes(base + lo, (size_t)(hi - lo));
+    }
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_ValueError, "hash_strings: an offset lies outside the values buffer");
+    }
+done:
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    return out;
+}
+
+/* format_batch(columns, rows) -> bytes: the CSV lines of one Arrow batch whose columns are already
+ * printed as text (arrow_csv.column_text). columns: one (offsets, data, validity | None, offset,
+ * quotable) per column, offsets int32 (Arrow `string`). NULL (validity bit 0) -> empty unquoted; a
+ * quotable value is quoted as put_value quotes text; others are copied. Offsets and validity are
+ * checked against the buffers' sizes first; the formatting runs with the GIL released. */
+typedef struct {
+    Py_buffer offs, data, valid;
+    int has_valid, quotable;
+    Py_ssize_t offset;
+} text_col_t;
+
+static PyObject *format_batch(PyObject *module, PyObject *args) {
+    PyObject *columns;
+    Py_ssize_t rows;
+    if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &columns, &rows)) return NULL;
+    Py_ssize_t ncols = PyList_GET_SIZE(columns);
+    if (rows < 0 || ncols < 1) { PyErr_SetString(PyExc_ValueError, "format_batch: rows >= 0 and at least one column"); return NULL; }
+    text_col_t *cols = calloc((size_t)ncols, sizeof(text_col_t));
+    if (!cols) return PyErr_NoMemory();
+    Py_ssize_t got = 0;
+    PyObject *out = NULL;
+    buf_t b = {0};
+    for (; got < ncols; got++) {
+        text_col_t *c = &cols[got];
+        PyObject *valid;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(columns, got), "y*y*Onp;columns[i]: (offsets, data, validity, offset, quotable)",
+                              &c->offs, &c->data, &valid, &c->offset, &c->quotable)) goto done;
+        if (valid != Py_None) {
+            if (PyObject_GetBuffer(valid, &c->valid, PyBUF_SIMPLE)) { PyBuffer_Release(&c->offs); PyBuffer_Release(&c->data); goto done; }
+            c->has_valid = 1;
+        }
+        int bad = c->offset < 0 || (size_t)c->offs.len / 4 < (size_t)c->offset + (size_t)rows + 1 ||
+                  (c->has_valid && (size_t)c->valid.len * 8 < (size_t)c->offset + (size_t)rows);
+        if (bad) { got++; PyErr_SetString(PyExc_ValueError, "format_batch: a buffer is shorter than offset + rows"); goto done; }
+    }
+    int status = 0; /* -1 out of memory, -2 an offset outside its values buffer */
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < rows && !status; r++) {
+        for (Py_ssize_t i = 0; i < ncols; i++) {
+            text_col_t *c = &cols[i];
+            Py_ssize_t at = c->offset + r;
+            if (i && (buf_reserve(&b, 1) ? (status = -1) : (b.p[b.len++] = ',', 0))) break;
+            if (c->has_valid && !((((const unsigned char *)c->valid.buf)[at >> 3] >> (at & 7)) & 1)) continue;
+            int32_t lo, hi;
+            memcpy(&lo, (const char *)c->offs.buf + at * 4, 4);
+            memcpy(&hi, (const char *)c->offs.buf + (at + 1) * 4, 4);
+            if (lo < 0 || hi < lo || (size_t)hi > (size_t)c->data.len) { status = -2; break; }
+            const char *v = (const char *)c->data.buf + lo;
+            size_t n = (size_t)(hi - lo);
+            int quote = 0;
+            if (c->quotable) {
+                if (n == 0) quote = 1;
+                else
+                    for (size_t k = 0; k < n; k++)
+                        if (NEEDS_QUOTE[(unsigned char)v[k]]) { quote = 1; break; }
+            }
+            if (buf_reserve(&b, quote ? 2 * n + 3 : n + 1)) { status = -1; break; }
+            char *o = b.p + b.len;
+            if (!quote) {
+                if (n) memcpy(o, v, n);
+                o += n;
+            } else {
+                *o++ = '"';
+                for (size_t k = 0; k < n; k++) {
+                    if (v[k] == '"') *o++ = '"';
+                    *o++ = v[k];
+                }
+                *o++ = '"';
+            }
+            b.len = (size_t)(o - b.p);
+        }
+        if (!status && (buf_reserve(&b, 1) ? (status = -1) : (b.p[b.len++] = '\n', 0))) break;
+    }
+    Py_END_ALLOW_THREADS
+    if (status == -1) PyErr_NoMemory();
+    else if (status == -2) PyErr_SetString(PyExc_ValueError, "format_batch: an offset lies outside the values buffer");
+    else out = PyBytes_FromStringAndSize(b.p ? b.p : "", (Py_ssize_t)b.len);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) {
+        PyBuffer_Release(&cols[i].offs);
+        PyBuffer_Release(&cols[i].data);
+        if (cols[i].has_valid) PyBuffer_Release(&cols[i].valid);
+    }
+    free(cols);
+    buf_free(&b);
+    return out;
+}
+
 static PyObject *client_info(PyObject *module, PyObject *Py_UNUSED(ignored)) {
     return PyUnicode_FromString(mysql_get_client_info());
 }
@@ -810,6 +1104,8 @@ static PyMethodDef module_methods[] = {
     {"client_info", client_info, METH_NOARGS, "mysql_get_client_info() of the library this module is linked with."},
     {"use_result", use_result, METH_O, "use_result(conn) -> Result | None, after conn.query(sql)."},
     {"hash_value", hash_value, METH_O, "The 64-bit hash (signed) the distinct sketch uses for a bytes value."},
+    {"format_batch", format_batch, METH_VARARGS, "format_batch(columns, rows) -> the CSV lines of an Arrow batch printed as text."},
+    {"hash_strings", hash_strings, METH_VARARGS, "hash_strings(offsets, data, start, count, wide) -> int64 hashes of an Arrow string array's values."},
     {NULL}};
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_fastexport", "The C export engine.", -1, module_methods};

@@ -122,6 +122,7 @@ def build_version_dag(cfg: ProjectConfig) -> DAG:
             version_template=cfg.version_template,
             preprocess=cfg.preprocess,
             preprocess_path=str(cfg.include_root),
+            preprocess_api=cfg.preprocess_api,
             query_timeout=cfg.query_timeout,
             publish_timeout=cfg.publish_timeout,
             key=cfg.key,

@@ -263,6 +263,7 @@ def export_query(
     profile: bool = True,
     unique_key: list[str] | None = None,
     engine: str | None = None,
+    preprocess_api: str = "pandas",
 ) -> ExportResult:
     """Run ``sql`` and write the CSV to ``dest`` (written to ``dest.partial``, renamed when complete).
 
@@ -275,11 +276,29 @@ def export_query(
     ``unique_key``: columns whose adjacent values are compared batch by batch (sortedness and
     duplicates, ``ExportResult.key_facts``) for the ``unique`` check.
     ``engine``: ``auto`` / ``c`` / ``python`` (default: ``$DATASET_EXPORT_ENGINE`` or ``auto``); a
-    preprocess always runs on the Python engine.
+    pandas preprocess always runs on the Python engine.
+    ``preprocess_api``: ``pandas`` (a DataFrame per chunk) or ``arrow`` (a pyarrow RecordBatch per
+    batch, over the engine's raw export: see ``arrow_preprocess``).
     """
     import MySQLdb
 
-    fast, engine_name = (None, "python (preprocess)") if preprocess else _fast_engine(engine)
+    if preprocess_api not in ("pandas", "arrow"):
+        raise ExportError(f"unknown preprocess_api {preprocess_api!r}: use pandas or arrow", retryable=False)
+    arrow = preprocess is not None and preprocess_api == "arrow"
+    if arrow:
+        from dataset_registry import arrow_preprocess
+
+        arrow_preprocess.require_pyarrow()
+        fast, engine_name = _fast_engine(engine)
+        if fast is None:  # no C engine: the Python engine's raw CSV, read back in Arrow batches
+            log.info("export engine: %s; the Arrow preprocess reads its output back", engine_name)
+            return arrow_preprocess.export_with_arrow_preprocess(
+                conn_params, sql, dest, preprocess, export=export_query, progress_seconds=progress_seconds,
+                profile=profile, unique_key=unique_key, query_timeout=query_timeout, fetch_rows=fetch_rows,
+                engine="python")
+        engine_name += ", Arrow batches to the preprocess"
+    else:
+        fast, engine_name = (None, "python (preprocess)") if preprocess else _fast_engine(engine)
 
     dest = Path(dest)
     partial = dest.with_name(dest.name + ".partial")
@@ -303,6 +322,9 @@ def export_query(
                 begin_read_only_snapshot(cursor, version=version, query_timeout=query_timeout)
             except MySQLdb.Error as exc:
                 raise ExportError(f"query failed: {_server_message(exc)}", _retryable(exc)) from None
+            if arrow:
+                return _export_fast_arrow(fast, conn, sql, partial, dest, started, preprocess, fetch_rows=fetch_rows,
+                                          progress_seconds=progress_seconds, profile=profile, unique_key=unique_key)
             return _export_fast(fast, conn, sql, partial, dest, started, fetch_rows=fetch_rows,
                                 progress_seconds=progress_seconds, profile=profile, unique_key=unique_key)
         try:
@@ -491,6 +513,61 @@ def _export_fast(fast, conn, sql: str, partial: Path, dest: Path, started: float
         key_facts = tracker.facts()
     return ExportResult(path=dest, rows=rows, bytes=size, md5=md5.hexdigest(), columns=columns, seconds=elapsed,
                         column_types=column_types, csv_columns=list(columns), profile=col_profile, key_facts=key_facts)
+
+
+ARROW_BATCH_BYTES = 4 << 20  # the C engine hands the Arrow preprocess batches of about this many value bytes
+
+
+def _export_fast_arrow(fast, conn, sql: str, partial: Path, dest: Path, started: float, preprocess: Callable, *,
+                       fetch_rows: int, progress_seconds: float, profile: bool,
+                       unique_key: list[str] | None) -> ExportResult:
+    """The C engine's rows as Arrow batches to an Arrow preprocess (``arrow_preprocess.ArrowOutput``),
+    on a connection already in its read-only snapshot (``export_query``'s handlers remove ``partial``
+    and close ``conn`` on any failure)."""
+    import MySQLdb
+    import pyarrow as pa
+
+    from dataset_registry.arrow_preprocess import ArrowOutput, arrow_batch, arrow_failed
+
+    try:
+        conn.query(sql.encode("utf-8"))
+        result = fast.use_result(conn)
+    except (MySQLdb.Error, fast.Error) as exc:
+        raise ExportError(f"query failed: {_server_message(exc)}", _retryable(exc)) from None
+    if result is None:
+        raise ExportError("the query returned no result set (is it a SELECT?)", retryable=False)
+    output = None
+    try:
+        fields = result.fields
+        columns = [f[0] for f in fields]
+        column_types = mysql_types.type_names([(f[0], f[1]) for f in fields], [f[2] for f in fields])
+        spec = [(f[1] in _PLAIN_TYPES, is_bytes_field(f[1], f[3])) for f in fields]
+        with open(partial, "wb") as out:
+            output = ArrowOutput(preprocess, out, columns, column_types, profile=profile, unique_key=unique_key,
+                                 progress_seconds=progress_seconds, started=started,
+                                 precisions=[int(f[4]) for f in fields])
+            try:
+                result.batches(lambda raw, n, _read: output.add(arrow_batch(columns, raw, n)), spec,
+                               fetch_rows, ARROW_BATCH_BYTES)
+                output.finish()
+            except fast.Error as exc:
+                raise ExportError(f"reading the result failed after {result.rows} rows: {_server_message(exc)}") from None
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(exc, result.rows) from None
+            except pa.ArrowException as exc:
+                raise arrow_failed(preprocess, exc, output.read) from None
+            finally:
+                output.close()
+    except BaseException:
+        try:  # as in _export_fast: the connection first, so freeing the result reads nothing more
+            conn.close()
+        except Exception:  # noqa: BLE001 - already closed
+            pass
+        result.close()
+        raise
+    result.close()
+    _finish_single_result(lambda: conn.next_result() != -1, conn, partial, dest)
+    return output.result(dest, time.monotonic() - started)
 
 
 def _finish_single_result(has_more: Callable[[], Any], conn, partial: Path, dest: Path) -> None:

@@ -31,7 +31,8 @@ REQUIRED_KEYS = ("project", "schedule", "query", "output")
 # The one definition of every optional key's default.
 OPTIONAL_KEYS: dict[str, Any] = {
     "description": "",
-    "preprocess": None,  # "module:function", DataFrame chunk -> DataFrame chunk
+    "preprocess": None,  # "module:function", DataFrame chunk -> DataFrame chunk (or Arrow batch -> Arrow)
+    "preprocess_api": "pandas",  # what the preprocess takes and returns: pandas DataFrames or Arrow batches
     "version_template": DEFAULT_VERSION_TEMPLATE,
     "start_date": "2024-01-01",
     "catchup": False,
@@ -52,6 +53,7 @@ OPTIONAL_KEYS: dict[str, Any] = {
     "mlflow_experiment": None,  # MLflow experiment name (None: the project name)
     "notebook_cell_timeout": 3600,  # seconds a notebook cell may run (train: a .ipynb)
 }
+PREPROCESS_APIS = ("pandas", "arrow")
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 64 * 1024  # a YAML is parsed by pure-Python PyYAML in the DAG processor: keep it cheap
 MAX_KEYS = 64  # checked before any per-key work
@@ -109,6 +111,7 @@ class ProjectConfig:
     source_file: Path
     description: str = OPTIONAL_KEYS["description"]
     preprocess: str | None = OPTIONAL_KEYS["preprocess"]
+    preprocess_api: str = OPTIONAL_KEYS["preprocess_api"]
     version_template: str = OPTIONAL_KEYS["version_template"]
     start_date: str = OPTIONAL_KEYS["start_date"]
     catchup: bool = OPTIONAL_KEYS["catchup"]
@@ -335,6 +338,10 @@ def load_project(path: Path) -> ProjectConfig:
             query = ""
 
     preprocess = _check_callable("preprocess", values["preprocess"], root, "preprocess.demo:clean", problem)
+    preprocess_api = values["preprocess_api"]
+    if preprocess_api not in PREPROCESS_APIS:
+        problem("preprocess_api", f"{_describe(preprocess_api)} is not one of {', '.join(PREPROCESS_APIS)}: 'pandas' "
+                                  "(a DataFrame per chunk, the default) or 'arrow' (a pyarrow.RecordBatch per batch)")
     train = values["train"]
     if looks_like_path(train):
         try:
@@ -418,6 +425,7 @@ def load_project(path: Path) -> ProjectConfig:
     return ProjectConfig(
         project=values["project"], schedule=schedule, query=query, query_path=query_path,
         output=values["output"], source_file=path, description=description, preprocess=preprocess,
+        preprocess_api=preprocess_api,
         version_template=template, start_date=str(start_date), catchup=values["catchup"],
         retries=values["retries"], retry_delay_seconds=delay, query_timeout=timeout,
         publish_timeout=publish_timeout, tags=list(tags),

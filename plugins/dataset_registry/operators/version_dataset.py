@@ -66,6 +66,8 @@ class VersionDatasetOperator(BaseOperator):
     :param preprocess: ``module:function`` under ``preprocess_path`` (DataFrame chunk -> DataFrame
         chunk), loaded before anything runs: a load error, or an exception inside it, fails at once.
     :param preprocess_path: the include folder that ``preprocess`` must live in.
+    :param preprocess_api: ``pandas`` (default: a DataFrame per chunk) or ``arrow`` (a
+        ``pyarrow.RecordBatch`` per batch, returning a RecordBatch or Table; needs pyarrow).
     :param query_timeout: server-side statement timeout in seconds (None: the server's).
     :param publish_timeout: seconds the push may keep losing races to other publishers (None: the
         registry connection's ``publish_timeout``, 900).
@@ -98,6 +100,7 @@ class VersionDatasetOperator(BaseOperator):
         version_template: str = DEFAULT_VERSION_TEMPLATE,
         preprocess: str | None = None,
         preprocess_path: str | None = None,
+        preprocess_api: str = "pandas",
         query_timeout: int | None = None,
         publish_timeout: int | None = None,
         key: list[str] | None = None,
@@ -119,6 +122,7 @@ class VersionDatasetOperator(BaseOperator):
         self.version_template = version_template
         self.preprocess = preprocess
         self.preprocess_path = preprocess_path
+        self.preprocess_api = preprocess_api
         self.query_timeout = query_timeout
         self.publish_timeout = publish_timeout
         self.key = list(key) if key else None
@@ -258,6 +262,7 @@ class VersionDatasetOperator(BaseOperator):
         try:
             try:
                 result = export_query(conn_params, sql, staging, preprocess=preprocess, query_timeout=self.query_timeout,
+                                      preprocess_api=self.preprocess_api,
                                       profile=self.profile, unique_key=(checks or {}).get("unique"))
             except ExportError as exc:
                 if exc.retryable:

@@ -1,0 +1,129 @@
+"""The contract's CSV format on Arrow data, column by column with Arrow compute kernels.
+
+The Arrow preprocess API (``preprocess_api: arrow``) needs two conversions without per-row Python:
+- reading: the raw export (the contract's CSV, written by the export engine) as record batches whose
+  columns are all ``string``, each value exactly as the CSV holds it: SQL NULL (an empty unquoted
+  field) is a null, ``""`` is the empty string, binary values are their ``0x`` hex text;
+- writing: a preprocess's output batches back to the contract's bytes: RFC 4180 quoting only where a
+  value needs it (``"``, ``,``, CR, LF) or is the empty string, NULL as an empty unquoted field.
+
+How non-text output columns print (the way MySQL's text protocol prints the same types, where there is
+one): integers as digits; booleans as ``1``/``0``; DECIMAL at the type's scale; floats in the shortest
+text that reads back to the same double (``0.1``, ``1e+20``; NaN as ``nan``); DATE as ``YYYY-MM-DD``;
+timestamps as ``YYYY-MM-DD HH:MM:SS`` plus the unit's fraction digits (none for ``s``), in UTC;
+binary as ``0x`` + uppercase hex. Any other type (lists, structs, durations...) is refused with the
+column's name. ``csv_format`` is the same format for Python values; this module never imports Airflow.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+RAW_BLOCK_BYTES = 1 << 20  # Arrow's CSV reader works in blocks of this size: one record batch each
+_QUOTE_CHARS = r'[",\r\n]'
+
+
+class ArrowFormatError(ValueError):
+    """An output column Arrow cannot print in the contract's format; the message names it."""
+
+
+def read_raw_csv(path: Path, columns: Sequence[str]) -> Iterator:
+    """Record batches of the contract CSV at ``path`` (header ``columns``), every column ``string``.
+
+    The header line is skipped and the names given, so duplicate or odd column names survive as they
+    are; quoted fields may hold newlines.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    internal = [f"c{i}" for i in range(len(columns))]
+    reader = pacsv.open_csv(
+        pa.OSFile(str(path)),  # plain reads: a memory map would count the whole file in the RSS
+        read_options=pacsv.ReadOptions(column_names=internal, skip_rows=1, block_size=RAW_BLOCK_BYTES),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in internal}, strings_can_be_null=True,
+                                             null_values=[""], quoted_strings_can_be_null=False))
+    names = list(columns)
+    for batch in reader:
+        yield pa.RecordBatch.from_arrays(batch.columns, names=names)
+
+
+def _is_text(t) -> bool:
+    import pyarrow.types as pt
+
+    return pt.is_string(t) or pt.is_large_string(t) or pt.is_string_view(t)
+
+
+def column_text(array, name: str):
+    """The printed text of every value of one Arrow column (a ``string`` array, nulls kept), and
+    whether a value may need quoting (only text can)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.types as pt
+
+    t = array.type
+    if pt.is_dictionary(t):
+        array, t = array.dictionary_decode(), t.value_type
+    if _is_text(t):
+        return (array if pt.is_string(t) else array.cast(pa.string())), True
+    if pt.is_null(t):
+        return pa.nulls(len(array), pa.string()), False
+    if pt.is_boolean(t):
+        return pc.if_else(array, "1", "0"), False
+    if pt.is_integer(t) or pt.is_floating(t) or pt.is_decimal(t) or pt.is_date(t):
+        return array.cast(pa.string()), False
+    if pt.is_timestamp(t):
+        if t.tz is not None:  # the stored instant is UTC: drop the zone to print UTC wall time
+            array = array.cast(pa.timestamp(t.unit))
+        return pc.strftime(array, format="%Y-%m-%d %H:%M:%S"), False  # %S carries the unit's fraction
+    if pt.is_binary(t) or pt.is_large_binary(t) or pt.is_fixed_size_binary(t):
+        # Rare in a preprocess's output: hex per value in Python (C-speed bytes.hex, one pass).
+        return pa.array([None if v is None else "0x" + v.hex().upper() for v in array.to_pylist()], pa.string()), False
+    raise ArrowFormatError(f"column {name!r} has Arrow type {t}, which has no CSV text: return strings, integers, "
+                           "floats, decimals, booleans, dates or timestamps (cast or format it in the preprocess)")
+
+
+def batch_bytes(texts: Sequence[tuple]):
+    """The CSV lines of one batch from its columns' printed text (``column_text``'s pairs), as one
+    bytes-like object. With the C engine built, one pass in C (``_fastexport.format_batch``, the GIL
+    released); else with Arrow kernels (``csv_field`` per column, lines joined, the values buffer)."""
+    if not texts or not len(texts[0][0]):
+        return b""
+    try:
+        from dataset_registry import _fastexport
+    except ImportError:
+        return _batch_bytes_arrow(texts)
+    columns = []
+    for text, quotable in texts:
+        validity, offsets, data = text.buffers()
+        columns.append((offsets, data if data is not None else b"", validity, text.offset, quotable))
+    return _fastexport.format_batch(columns, len(texts[0][0]))
+
+
+def csv_field(text, quotable: bool):
+    """One column's CSV fields: quoted where needed (text only), NULL as the empty unquoted field."""
+    import pyarrow.compute as pc
+
+    if quotable:
+        needs = pc.or_(pc.match_substring_regex(text, _QUOTE_CHARS), pc.equal(pc.binary_length(text), 0))
+        if pc.any(needs).as_py():
+            quoted = pc.binary_join_element_wise('"', pc.replace_substring(text, '"', '""'), '"', "")
+            text = pc.if_else(needs, quoted, text)
+    return pc.fill_null(text, "")
+
+
+def _batch_bytes_arrow(texts: Sequence[tuple]) -> memoryview:
+    """``batch_bytes`` with Arrow kernels only: each line ends in \\n, so the joined lines' values
+    buffer is the batch's CSV."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    fields = [csv_field(t, q) for t, q in texts]
+    lines = pc.binary_join_element_wise(*fields, ",") if len(fields) > 1 else fields[0]
+    lines = pc.binary_join_element_wise(lines, "\n", "")  # (value, "\n") joined by ""
+    wide = lines.type == pa.large_string()
+    _, offsets, data = lines.buffers()
+    bounds = np.frombuffer(offsets, dtype=np.int64 if wide else np.int32)[lines.offset:lines.offset + len(lines) + 1]
+    start, end = int(bounds[0]), int(bounds[-1])
+    return memoryview(data)[start:end] if data is not None else memoryview(b"")
