@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,7 +18,7 @@ import pytest
 from conftest import REPO
 from dataset_registry import arrow_csv
 from dataset_registry.mysql_export import ExportError, export_query
-from test_export_engine import BIG_DDL, BIG_FILL, BIG_ROWS, TRICKY_DDL, TRICKY_ROWS
+from test_export_engine import create_engine_tables
 
 ROWS = 200_000
 ENGINES = ["c", "python"]
@@ -27,19 +26,8 @@ ENGINES = ["c", "python"]
 
 @pytest.fixture(scope="module")
 def arrow_db(mysql_admin_params):
-    import MySQLdb
-
-    name = f"dsv_test_arrow_{uuid.uuid4().hex[:8]}"
-    admin = MySQLdb.connect(**mysql_admin_params, charset="utf8mb4", autocommit=True)
+    name, admin = create_engine_tables(mysql_admin_params, "dsv_test_arrow", rows=ROWS)
     cur = admin.cursor()
-    cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-    cur.execute(f"USE {name}")
-    cur.execute("SET time_zone = '+00:00'")
-    cur.execute(TRICKY_DDL)
-    for row in TRICKY_ROWS:
-        cur.execute("INSERT INTO tricky VALUES (" + ",".join(["%s"] * 24) + ", ST_GeomFromText(%s))", row)
-    cur.execute(BIG_DDL)
-    cur.execute(BIG_FILL.replace(f"seq_1_to_{BIG_ROWS}", f"seq_1_to_{ROWS}"))
     cur.execute("CREATE TABLE events (id INT PRIMARY KEY, city VARCHAR(40) NULL, note TEXT NULL) CHARSET utf8mb4")
     cur.execute("INSERT INTO events SELECT seq, ELT(1 + seq % 5, 'Lisboa', ' Zürich ', 'São Paulo', '北京', ''), "
                 "IF(seq % 7 = 0, NULL, IF(seq % 3 = 0, '', CONCAT('n, \"', seq, '\"'))) FROM seq_1_to_5000")

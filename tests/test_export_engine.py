@@ -80,13 +80,13 @@ INSERT INTO big SELECT seq, CRC32(seq) % 200000, seq % 1000,
 FROM seq_1_to_{BIG_ROWS}"""
 
 
-@pytest.fixture(scope="module")
-def engine_db(mysql_admin_params):
-    """One database for the module: the tricky table and the 1M-row table (seeded once)."""
+def create_engine_tables(admin_params: dict, prefix: str, rows: int = BIG_ROWS):
+    """A new database with the tricky table and ``rows`` rows of the random ``big`` table: (name, admin
+    connection, in that database)."""
     import MySQLdb
 
-    name = f"dsv_test_engine_{uuid.uuid4().hex[:8]}"
-    admin = MySQLdb.connect(**mysql_admin_params, charset="utf8mb4", autocommit=True)
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = MySQLdb.connect(**admin_params, charset="utf8mb4", autocommit=True)
     cur = admin.cursor()
     cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
     cur.execute(f"USE {name}")
@@ -95,9 +95,16 @@ def engine_db(mysql_admin_params):
     for row in TRICKY_ROWS:
         cur.execute("INSERT INTO tricky VALUES (" + ",".join(["%s"] * 24) + ", ST_GeomFromText(%s))", row)
     cur.execute(BIG_DDL)
-    cur.execute(BIG_FILL)
+    cur.execute(BIG_FILL.replace(f"seq_1_to_{BIG_ROWS}", f"seq_1_to_{rows}"))
+    return name, admin
+
+
+@pytest.fixture(scope="module")
+def engine_db(mysql_admin_params):
+    """One database for the module: the tricky table and the 1M-row table (seeded once)."""
+    name, admin = create_engine_tables(mysql_admin_params, "dsv_test_engine")
     yield name
-    cur.execute(f"DROP DATABASE {name}")
+    admin.cursor().execute(f"DROP DATABASE {name}")
     admin.close()
 
 

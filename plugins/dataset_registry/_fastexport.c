@@ -521,6 +521,24 @@ static void result_free(ResultObject *self) {
     }
 }
 
+/* What the Python engine's strict decoding raises for the same value. */
+static void raise_not_utf8(const char *v, size_t n) {
+    size_t at = utf8_valid_prefix(v, n);
+    PyObject *e = PyUnicodeDecodeError_Create("utf-8", v, (Py_ssize_t)n, (Py_ssize_t)at, (Py_ssize_t)(at + 1),
+                                              "invalid UTF-8 in a text column");
+    if (e) { PyErr_SetObject(PyExc_UnicodeDecodeError, e); Py_DECREF(e); }
+}
+
+/* After mysql_fetch_row() returned NULL: 1 (error raised, result freed: nothing left to skip) when
+ * the stream broke, 0 at its real end. */
+static int stream_broken(ResultObject *self) {
+    if (!mysql_errno(self->mysql)) return 0;
+    raise_mysql(self->mysql);
+    self->busy = 0;
+    result_free(self);
+    return 1;
+}
+
 static void Result_dealloc(ResultObject *self) {
     result_free(self);
     Py_XDECREF(self->conn);
@@ -652,19 +670,8 @@ static PyObject *Result_stream(ResultObject *self, PyObject *args) {
         }
         PyEval_RestoreThread(ts);
         if (oom) { PyErr_NoMemory(); goto fail; }
-        if (bad_col >= 0) { /* what the Python engine's strict decoding raises, for the same value */
-            size_t n = lengths[bad_col], at = utf8_valid_prefix(row[bad_col], n);
-            PyObject *e = PyUnicodeDecodeError_Create("utf-8", row[bad_col], (Py_ssize_t)n, (Py_ssize_t)at,
-                                                      (Py_ssize_t)(at + 1), "invalid UTF-8 in a text column");
-            if (e) { PyErr_SetObject(PyExc_UnicodeDecodeError, e); Py_DECREF(e); }
-            goto fail;
-        }
-        if (ended && mysql_errno(self->mysql)) {
-            raise_mysql(self->mysql);
-            self->busy = 0;
-            result_free(self); /* the stream is broken: nothing left to skip */
-            goto fail;
-        }
+        if (bad_col >= 0) { raise_not_utf8(row[bad_col], lengths[bad_col]); goto fail; }
+        if (ended && stream_broken(self)) goto fail;
         if (buf.len) {
             PyObject *data = PyBytes_FromStringAndSize(buf.p, (Py_ssize_t)buf.len);
             if (!data) goto fail;
@@ -857,19 +864,8 @@ static PyObject *Result_batches(ResultObject *self, PyObject *args) {
             PyErr_SetString(FastError, "a value is too large for an Arrow string column (over 2 GB in one batch)");
             goto fail;
         }
-        if (bad_col >= 0) {
-            size_t len = lengths[bad_col], at = utf8_valid_prefix(row[bad_col], len);
-            PyObject *e = PyUnicodeDecodeError_Create("utf-8", row[bad_col], (Py_ssize_t)len, (Py_ssize_t)at,
-                                                      (Py_ssize_t)(at + 1), "invalid UTF-8 in a text column");
-            if (e) { PyErr_SetObject(PyExc_UnicodeDecodeError, e); Py_DECREF(e); }
-            goto fail;
-        }
-        if (ended && mysql_errno(self->mysql)) {
-            raise_mysql(self->mysql);
-            self->busy = 0;
-            result_free(self); /* the stream is broken: nothing left to skip */
-            goto fail;
-        }
+        if (bad_col >= 0) { raise_not_utf8(row[bad_col], lengths[bad_col]); goto fail; }
+        if (ended && stream_broken(self)) goto fail;
         if (n) {
             PyObject *list = PyList_New(ncols);
             if (!list) goto fail;

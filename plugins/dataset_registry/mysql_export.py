@@ -434,13 +434,9 @@ def export_query(
                         key_facts=key_facts)
 
 
-def _export_fast(fast, conn, sql: str, partial: Path, dest: Path, started: float, *, fetch_rows: int,
-                 progress_seconds: float, profile: bool, unique_key: list[str] | None) -> ExportResult:
-    """The C engine's export, on a connection already in its read-only snapshot (see export_query,
-    whose handlers remove ``partial`` and close ``conn`` on any failure)."""
+def _fast_result(fast, conn, sql: str):
+    """Run ``sql`` on the prepared connection and start the C engine's unbuffered result."""
     import MySQLdb
-
-    from dataset_registry import column_profile
 
     try:
         conn.query(sql.encode("utf-8"))  # as cursor.execute sends it (MySQLdb's errors, codes and all)
@@ -449,6 +445,26 @@ def _export_fast(fast, conn, sql: str, partial: Path, dest: Path, started: float
         raise ExportError(f"query failed: {_server_message(exc)}", _retryable(exc)) from None
     if result is None:
         raise ExportError("the query returned no result set (is it a SELECT?)", retryable=False)
+    return result
+
+
+def _abandon(conn, result) -> None:
+    """A failed C-engine export: close the connection before the result, since freeing an unfinished
+    unbuffered result would otherwise read (and discard) the rest of the stream first."""
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - already closed
+        pass
+    result.close()
+
+
+def _export_fast(fast, conn, sql: str, partial: Path, dest: Path, started: float, *, fetch_rows: int,
+                 progress_seconds: float, profile: bool, unique_key: list[str] | None) -> ExportResult:
+    """The C engine's export, on a connection already in its read-only snapshot (see export_query,
+    whose handlers remove ``partial`` and close ``conn`` on any failure)."""
+    from dataset_registry import column_profile
+
+    result = _fast_result(fast, conn, sql)
     try:
         fields = result.fields  # (name, type, flags, charsetnr, length, decimals)
         columns = [f[0] for f in fields]
@@ -489,13 +505,7 @@ def _export_fast(fast, conn, sql: str, partial: Path, dest: Path, started: float
             out.flush()
             os.fsync(out.fileno())
     except BaseException:
-        # Close the connection before the result: freeing an unfinished unbuffered result would
-        # otherwise read (and discard) the rest of the stream first.
-        try:
-            conn.close()
-        except Exception:  # noqa: BLE001 - already closed
-            pass
-        result.close()
+        _abandon(conn, result)
         raise
     result.close()
     # conn.next_result() is what cursor.nextset() calls: -1 when there is no other result set
@@ -524,18 +534,11 @@ def _export_fast_arrow(fast, conn, sql: str, partial: Path, dest: Path, started:
     """The C engine's rows as Arrow batches to an Arrow preprocess (``arrow_preprocess.ArrowOutput``),
     on a connection already in its read-only snapshot (``export_query``'s handlers remove ``partial``
     and close ``conn`` on any failure)."""
-    import MySQLdb
     import pyarrow as pa
 
     from dataset_registry.arrow_preprocess import ArrowOutput, arrow_batch, arrow_failed
 
-    try:
-        conn.query(sql.encode("utf-8"))
-        result = fast.use_result(conn)
-    except (MySQLdb.Error, fast.Error) as exc:
-        raise ExportError(f"query failed: {_server_message(exc)}", _retryable(exc)) from None
-    if result is None:
-        raise ExportError("the query returned no result set (is it a SELECT?)", retryable=False)
+    result = _fast_result(fast, conn, sql)
     output = None
     try:
         fields = result.fields
@@ -559,11 +562,7 @@ def _export_fast_arrow(fast, conn, sql: str, partial: Path, dest: Path, started:
             finally:
                 output.close()
     except BaseException:
-        try:  # as in _export_fast: the connection first, so freeing the result reads nothing more
-            conn.close()
-        except Exception:  # noqa: BLE001 - already closed
-            pass
-        result.close()
+        _abandon(conn, result)
         raise
     result.close()
     _finish_single_result(lambda: conn.next_result() != -1, conn, partial, dest)
