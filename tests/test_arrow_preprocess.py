@@ -293,3 +293,21 @@ def test_killed_mid_stream_fails_retryably_and_leaves_nothing(tmp_path, mysql_pa
     assert "reading the result failed after" in str(outcome["error"]) and "MySQL error" in str(outcome["error"])
     assert outcome["error"].retryable
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("without_c", [False, True])
+def test_output_text_that_is_not_utf8_is_refused(tmp_path, mysql_params, arrow_db, monkeypatch, without_c):
+    """Arrow strings built without checks (``from_buffers``) may hold any bytes: the CSV must be UTF-8."""
+    def smuggle(batch):
+        n = batch.num_rows
+        offsets = pa.array(range(0, 2 * n + 1, 2), pa.int32()).buffers()[1]
+        bad = pa.StringArray.from_buffers(n, offsets, pa.py_buffer(b"\xed\xa0" * n))
+        return pa.RecordBatch.from_arrays([batch.column(0), bad], names=["id", "bad"])
+
+    if without_c:
+        monkeypatch.setitem(sys.modules, "dataset_registry._fastexport", None)
+    with pytest.raises(ExportError) as err:
+        export(mysql_params, arrow_db, "SELECT id FROM events ORDER BY id", tmp_path / "u.csv", preprocess=smuggle,
+               preprocess_api="arrow")
+    assert "not valid UTF-8" in str(err.value) and "batch 1" in str(err.value) and not err.value.retryable
+    assert leftovers(tmp_path) == []

@@ -1039,7 +1039,8 @@ static PyObject *format_batch(PyObject *module, PyObject *args) {
                   (c->has_valid && (size_t)c->valid.len * 8 < (size_t)c->offset + (size_t)rows);
         if (bad) { got++; PyErr_SetString(PyExc_ValueError, "format_batch: a buffer is shorter than offset + rows"); goto done; }
     }
-    int status = 0; /* -1 out of memory, -2 an offset outside its values buffer */
+    int status = 0; /* -1 out of memory, -2 an offset outside its values buffer, -3 not UTF-8 */
+    Py_ssize_t bad_col = 0, bad_row = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < rows && !status; r++) {
         for (Py_ssize_t i = 0; i < ncols; i++) {
@@ -1055,6 +1056,8 @@ static PyObject *format_batch(PyObject *module, PyObject *args) {
             size_t n = (size_t)(hi - lo);
             int quote = 0;
             if (c->quotable) {
+                /* Arrow strings are UTF-8 unless built unchecked (from_buffers): the CSV must be */
+                if (utf8_valid_prefix(v, n) != n) { status = -3; bad_col = i; bad_row = r; break; }
                 if (n == 0) quote = 1;
                 else
                     for (size_t k = 0; k < n; k++)
@@ -1080,6 +1083,8 @@ static PyObject *format_batch(PyObject *module, PyObject *args) {
     Py_END_ALLOW_THREADS
     if (status == -1) PyErr_NoMemory();
     else if (status == -2) PyErr_SetString(PyExc_ValueError, "format_batch: an offset lies outside the values buffer");
+    else if (status == -3)
+        PyErr_Format(PyExc_ValueError, "column %zd, row %zd of the batch is not valid UTF-8 text", bad_col + 1, bad_row + 1);
     else out = PyBytes_FromStringAndSize(b.p ? b.p : "", (Py_ssize_t)b.len);
 done:
     for (Py_ssize_t i = 0; i < got; i++) {

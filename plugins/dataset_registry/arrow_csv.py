@@ -92,12 +92,21 @@ def batch_bytes(texts: Sequence[tuple]):
     try:
         from dataset_registry import _fastexport
     except ImportError:
+        for text, quotable in texts:
+            if quotable:
+                try:
+                    text.validate(full=True)  # UTF-8: Arrow strings built unchecked may not be
+                except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid
+                    raise ArrowFormatError(f"a text column is not valid UTF-8 ({exc})") from None
         return _batch_bytes_arrow(texts)
     columns = []
     for text, quotable in texts:
         validity, offsets, data = text.buffers()
         columns.append((offsets, data if data is not None else b"", validity, text.offset, quotable))
-    return _fastexport.format_batch(columns, len(texts[0][0]))
+    try:
+        return _fastexport.format_batch(columns, len(texts[0][0]))
+    except ValueError as exc:
+        raise ArrowFormatError(str(exc)) from None
 
 
 def csv_field(text, quotable: bool):

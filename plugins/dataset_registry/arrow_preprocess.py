@@ -154,9 +154,9 @@ class ArrowOutput:
         arrays = part.columns
         try:
             texts = [arrow_csv.column_text(a, n) for a, n in zip(arrays, names)]
+            self._write(arrow_csv.batch_bytes(texts))
         except arrow_csv.ArrowFormatError as exc:
             raise ExportError(f"preprocess {self.name} on {where}: {exc}", retryable=False) from None
-        self._write(arrow_csv.batch_bytes(texts))
         self.rows += part.num_rows
         if self.profiler is not None:
             self.profiler.add_batch(names, arrays, [t for t, _ in texts])
