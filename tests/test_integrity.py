@@ -469,3 +469,75 @@ def test_a_crafted_proposal_is_dropped_not_landed(tmp_path, registry, sshd):
     assert result.created and sorted(registry.tags()) == ["other/v1", "sales/v1"]
     assert registry.git("for-each-ref", "refs/registry-pending/") == ""  # dropped with the landing push
     assert "extra.txt" not in registry.git("ls-tree", "-r", "--name-only", "main")
+
+
+# The ssh:// remote through one OpenSSH command (dvc_store.SshObjects) ---------------------------
+def _count_dvc_children(client: RegistryClient) -> list:
+    calls = []
+    original = client.runner.dvc_process
+
+    def counting(*args, **kwargs):
+        calls.append(args[:1])
+        return original(*args, **kwargs)
+
+    client.runner.dvc_process = counting
+    return calls
+
+
+def test_the_ssh_remote_is_checked_and_filled_without_a_dvc_child(tmp_path, registry, sshd):
+    client = client_for(registry)
+    publish_with(client, "other", "v1", b"o\n1\n")  # initializes the registry (dvc init)
+    calls = _count_dvc_children(client)
+    publish_with(client, "sales", "v1", CONTENT)
+    obj = remote_object(registry, CONTENT)
+    obj.chmod(0o644)
+    obj.write_bytes(CONTENT[:-5])  # truncated on the remote: found by size, replaced
+    publish_with(client, "sales", "v2", CONTENT)
+    flip_first_byte(obj)  # same size, wrong bytes: found by the remote's md5sum, replaced
+    publish_with(client, "sales", "v3", CONTENT)
+    assert calls == [] and obj.read_bytes() == CONTENT
+    assert [p.name for p in obj.parent.iterdir()] == [obj.name]  # no temporary file left
+    assert plain_pull(registry, sshd, "sales/v3", tmp_path / "pull", "sales/train.csv") == CONTENT
+
+
+def test_bytes_that_do_not_match_their_md5_are_never_placed_on_the_ssh_remote(tmp_path, registry):
+    client = client_for(registry)
+    publish_with(client, "other", "v1", b"o\n1\n")
+    original = RegistryClient._push_data
+
+    def damage_cache(self, rel, md5_, size):
+        flip_first_byte(self._cache_object(md5_))  # after the export hashed it, before the upload
+        return original(self, rel, md5_, size)
+
+    client._push_data = damage_cache.__get__(client)
+    with pytest.raises(RegistryError) as err:
+        publish_with(client, "sales", "v1", CONTENT)
+    assert "did not verify" in str(err.value) and "Nothing was committed or tagged" in str(err.value)
+    assert not remote_object(registry, CONTENT).parent.exists() or \
+        list(remote_object(registry, CONTENT).parent.iterdir()) == []  # no object, no temporary file
+    assert "sales/v1" not in registry.tags()
+    del client._push_data
+    assert publish_with(client, "sales", "v1", CONTENT).created  # a rerun converges
+    assert remote_object(registry, CONTENT).read_bytes() == CONTENT
+
+
+def test_an_sftp_only_remote_host_is_checked_through_dvc(tmp_path, registry):
+    from conftest import make_sshd
+
+    sftp_only = make_sshd(tmp_path / "sftp-only", "PasswordAuthentication no\nForceCommand internal-sftp\n")
+    try:
+        store = tmp_path / "sftp-store"
+        store.mkdir()
+        client = client_for(registry, repo_url=str(registry.bare), remote_url=sftp_only.url(store),
+                            key_file=str(sftp_only.key_file), known_hosts=str(sftp_only.known_hosts))
+        publish_with(client, "other", "v1", b"o\n1\n")
+        calls = _count_dvc_children(client)
+        publish_with(client, "sales", "v1", CONTENT)
+        assert calls == [("ensure-remote",)]  # the shell-less host is left to DVC's SFTP filesystem
+        obj = store / "files" / "md5" / md5(CONTENT)[:2] / md5(CONTENT)[2:]
+        assert obj.read_bytes() == CONTENT
+        flip_first_byte(obj)
+        publish_with(client, "sales", "v2", CONTENT)  # read back and hashed there, replaced
+        assert obj.read_bytes() == CONTENT
+    finally:
+        sftp_only.stop()

@@ -10,8 +10,10 @@ import pytest
 
 from conftest import run
 from dataset_registry import dvc_cli
-from dataset_registry.dvc_store import DvcStore, StagingArea, dvc_file_text, gitignore_with, parse_dvc_file
-from dataset_registry.gitcmd import Runner
+from dataset_registry.dvc_store import (
+    DvcStore, SshObjects, StagingArea, dvc_file_text, gitignore_with, parse_dvc_file,
+)
+from dataset_registry.gitcmd import Runner, base_env
 from dataset_registry.landing import Landing
 from dataset_registry.s3_remote import S3Access, S3SettingsError
 from dataset_registry.registry import (
@@ -288,6 +290,144 @@ def test_a_fresh_export_replaces_a_damaged_cached_copy(tmp_path):
     export.write_bytes(CONTENT)
     store.add(export, md5(CONTENT))
     assert obj.read_bytes() == CONTENT
+
+
+# ------------------------------------------------------------------ the ssh:// remote through OpenSSH
+def test_the_remote_ssh_command_has_the_settings_login_key_and_host_key_policy(tmp_path):
+    key, known = tmp_path / "id_ed25519", tmp_path / "known_hosts"
+    key.write_text("not a real key\n")
+    env = SubprocessEnv(settings(tmp_path, key_file=str(key), known_hosts=str(known), ssh_user="other"),
+                        tmp_path / "askpass")
+    argv, folder = env.remote_ssh()
+    assert folder == "/srv/dvc-store" and argv[-2:] == ["--", "registry.example"]
+    out = subprocess.run(argv[:-2] + ["-G", "--", argv[-1]], capture_output=True, text=True, check=True).stdout
+    config: dict[str, str] = {}
+    for line in out.splitlines():
+        config.setdefault(*line.partition(" ")[::2])
+    identities = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("identityfile ")]
+    assert config["user"] == "dvc" and config["port"] == "2222"  # the URL's login wins, as in dvc_cli
+    assert config["stricthostkeychecking"] == "true" and config["userknownhostsfile"] == str(known)
+    assert config["batchmode"] == "yes" and config["identitiesonly"] == "yes" and str(key) in identities
+    assert config["forwardagent"] == "no" and config["escapechar"] == "none"
+    off = SubprocessEnv(settings(tmp_path, check_host_keys=False), tmp_path / "askpass").remote_ssh()[0]
+    assert "StrictHostKeyChecking=no" in off and "UserKnownHostsFile=/dev/null" in off
+
+
+@pytest.mark.parametrize("overrides", [
+    {"ssh_password": "pw"},  # only DVC's filesystem gets the SSH password
+    {"remote_url": "/srv/dvc-store"},
+    {"remote_url": "ssh://dvc@registry.example/srv/dvc store%20x"},
+    {"remote_url": "ssh://dvc@registry.example/srv/$(reboot)"},
+    {"remote_url": "ssh://-oProxyCommand@registry.example/srv/store"},
+])
+def test_the_remote_ssh_command_is_only_built_for_plain_key_based_ssh_urls(tmp_path, overrides):
+    try:
+        s = settings(tmp_path, **overrides)
+    except RegistryError:
+        return  # refused by the settings already
+    assert SubprocessEnv(s, tmp_path / "askpass").remote_ssh() is None
+
+
+def test_the_remote_ssh_environment_has_no_password_or_askpass(tmp_path):
+    env = SubprocessEnv(settings(tmp_path, repo_url="https://u:tok@git.example/r.git"),
+                        tmp_path / "askpass").remote_ssh_variables()
+    assert "SSH_ASKPASS" not in env and ENV_GIT_PASSWORD not in env and "tok" not in " ".join(env.values())
+
+
+# Runs the command line that ssh would hand to the remote shell, here, with sh: the remote script is
+# exercised on a real filesystem without an SSH server.
+LOCAL_SHELL = ["sh", "-c", 'exec sh -c "$1"', "local-shell"]
+
+
+def _remote(tmp_path: Path, content: bytes, env: dict | None = None) -> tuple[SshObjects, Path, Path]:
+    (tmp_path / "worker").mkdir(exist_ok=True)
+    store = _store_with(tmp_path / "worker", content)
+    remote = tmp_path / "remote"
+    remote.mkdir(exist_ok=True)
+    digest = md5(content)
+    return (SshObjects(LOCAL_SHELL, str(remote), env or base_env()), store.object_path(digest),
+            remote / "files" / "md5" / digest[:2] / digest[2:])
+
+
+def _leftovers(remote_obj: Path) -> list[str]:
+    return sorted(p.name for p in remote_obj.parent.iterdir()) if remote_obj.parent.exists() else []
+
+
+def test_the_remote_script_uploads_a_missing_object_then_only_hashes_it(tmp_path):
+    objects, local, remote_obj = _remote(tmp_path, CONTENT)
+    ok, lines = objects.ensure(md5(CONTENT), len(CONTENT), local)
+    assert ok and lines[0].startswith("missing:") and "uploaded, md5sum on the remote host" in lines[-1]
+    assert remote_obj.read_bytes() == CONTENT and _leftovers(remote_obj) == [remote_obj.name]
+    ok, lines = objects.ensure(md5(CONTENT), len(CONTENT), local)
+    assert ok and lines == [f"ok: object {md5(CONTENT)} ({len(CONTENT)} bytes) is on the remote, content "
+                            "verified (md5sum on the remote host)"]
+
+
+@pytest.mark.parametrize("damage", ["same size, other bytes", "short", "long", "empty"])
+def test_the_remote_script_replaces_a_wrong_remote_object(tmp_path, damage):
+    objects, local, remote_obj = _remote(tmp_path, CONTENT)
+    remote_obj.parent.mkdir(parents=True)
+    remote_obj.write_bytes({"same size, other bytes": CONTENT.replace(b"a", b"x"), "short": CONTENT[:-3],
+                            "long": CONTENT + b"4,d\n", "empty": b""}[damage])
+    remote_obj.chmod(0o444)  # as DVC leaves objects: the rename replaces it anyway
+    ok, lines = objects.ensure(md5(CONTENT), len(CONTENT), local)
+    assert ok and lines[0].startswith("corrupt:"), lines
+    assert remote_obj.read_bytes() == CONTENT and _leftovers(remote_obj) == [remote_obj.name]
+
+
+def test_the_remote_script_never_renames_bytes_that_do_not_hash_right(tmp_path):
+    objects, local, remote_obj = _remote(tmp_path, CONTENT)
+    local.chmod(0o644)
+    local.write_bytes(CONTENT.replace(b"a", b"x"))  # the cached copy went bad after the export hashed it
+    ok, lines = objects.ensure(md5(CONTENT), len(CONTENT), local)
+    assert not ok and "did not verify" in lines[-1] and "holds bytes with md5" in lines[-1]
+    assert _leftovers(remote_obj) == []  # no object, no temporary file
+
+
+def test_the_remote_script_fails_when_the_local_copy_is_gone_and_leaves_nothing(tmp_path):
+    objects, local, remote_obj = _remote(tmp_path, CONTENT)
+    local.chmod(0o644)
+    local.unlink()
+    ok, lines = objects.ensure(md5(CONTENT), len(CONTENT), local)
+    assert not ok and "is not on the remote, and uploading it failed" in lines[-1] and str(local) in lines[-1]
+    assert _leftovers(remote_obj) == []
+
+
+def test_the_remote_script_refuses_a_directory_in_place_of_the_object(tmp_path):
+    objects, local, remote_obj = _remote(tmp_path, CONTENT)
+    remote_obj.mkdir(parents=True)
+    ok, lines = objects.ensure(md5(CONTENT), len(CONTENT), local)
+    assert not ok and "is a directory, not a file" in lines[-1] and list(remote_obj.iterdir()) == []
+
+
+def test_the_remote_script_reports_a_full_disk_and_removes_its_temporary_file(tmp_path, monkeypatch):
+    import dataset_registry.dvc_store as dvc_store_module
+
+    objects, local, remote_obj = _remote(tmp_path, CONTENT)
+    remote_obj.parent.mkdir(parents=True)
+    monkeypatch.setattr(dvc_store_module.uuid, "uuid4", lambda: type("Fixed", (), {"hex": "full"}))
+    # /dev/full fails every write with ENOSPC: the upload's temporary name points there
+    (remote_obj.parent / f".{remote_obj.name}.full.tmp").symlink_to("/dev/full")
+    ok, lines = objects.ensure(md5(CONTENT), len(CONTENT), local)
+    assert not ok and "uploading it failed" in lines[-1] and "No space left" in lines[-1], lines
+    assert "free space there" in lines[-1] and _leftovers(remote_obj) == []
+
+
+def test_a_host_that_cannot_run_the_script_is_left_to_dvc(tmp_path):
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("sh", "cat", "wc", "mkdir", "rm", "mv"):  # no md5sum
+        (bare / tool).symlink_to(subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True,
+                                                text=True, check=True).stdout.strip())
+    objects, local, remote_obj = _remote(tmp_path, CONTENT, env={**base_env(), "PATH": str(bare)})
+    objects.ssh = [str(bare / "sh"), "-c", 'exec sh -c "$1"', "local-shell"]
+    assert objects.ensure(md5(CONTENT), len(CONTENT), local) is None
+    objects.env = base_env()
+    objects.ssh = ["false"]  # unreachable, refused, wrong key: DVC's filesystem words the error
+    assert objects.ensure(md5(CONTENT), len(CONTENT), local) is None
+    objects.ssh = [str(tmp_path / "no-ssh-client")]
+    assert objects.ensure(md5(CONTENT), len(CONTENT), local) is None
+    assert _leftovers(remote_obj) == []
 
 
 # ------------------------------------------------------------------ no I/O in constructors

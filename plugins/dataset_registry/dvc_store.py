@@ -6,7 +6,9 @@ can push to the registry writes those values). Fresh exports replace what the ca
 their md5; objects leave the cache only through a copy that is hashed on the way. The remote is
 checked and filled by ``dvc_cli``'s object-level commands, which hash the remote's content rather
 than trust its size (on S3, an ETag equal to the md5, which S3 computes for a single-part upload
-from the bytes it stored, is that hash; any other ETag means reading the object back).
+from the bytes it stored, is that hash; any other ETag means reading the object back). On an ssh://
+remote whose host has a POSIX shell and ``md5sum`` (the usual SSH host), the same check, upload and
+re-check run as one OpenSSH command (``SshObjects``) instead of a Python child that imports DVC.
 """
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ import errno
 import hashlib
 import logging
 import os
+import shlex
 import shutil
+import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -75,6 +80,150 @@ def _last_line(proc) -> str:
     return lines[-1] if lines else f"exit {proc.returncode}"
 
 
+# Run on the SSH host by ``sh -c SCRIPT dsr OBJECT MD5 SIZE TMP``: the object's content is hashed there
+# (md5sum); when it is missing or wrong, the fresh bytes are read from stdin into TMP beside it, TMP is
+# hashed, and only bytes with the right md5 are renamed over the object (atomic in one folder). A
+# client that dies mid-upload leaves a short TMP that fails the hash and is removed. Every answer is
+# one "dsr: WORD text" line; anything else on stdout (a chatty login script) is ignored.
+REMOTE_SCRIPT = r"""
+set -f
+obj=$1 want=$2 size=$3 tmp=$4
+say() { printf 'dsr: %s\n' "$*"; }
+command -v md5sum >/dev/null 2>&1 || { say unsupported no md5sum on the remote host; exit 0; }
+say hello
+check() {
+  if [ -d "$1" ] || { [ -e "$1" ] && [ ! -f "$1" ]; }; then
+    what='special file'; [ -d "$1" ] && what=directory
+    rm -f -- "$tmp"
+    say "error the remote path of object $want is a $what, not a file: remove it by hand (nothing was uploaded)"
+    exit 1
+  fi
+  if [ ! -e "$1" ]; then state="missing: object $want is not on the remote"; return; fi
+  have=$(wc -c < "$1" 2>&1) || { rm -f -- "$tmp"; say "error cannot read object $want on the remote:" $have; exit 1; }
+  have=$(echo $have)
+  if [ "$have" != "$size" ]; then state="corrupt: object $want has $have bytes on the remote, expected $size"; return; fi
+  sum=$(md5sum < "$1" 2>&1) || { rm -f -- "$tmp"; say "error cannot read object $want on the remote:" $sum; exit 1; }
+  sum=${sum%% *}
+  if [ "$sum" != "$want" ]; then state="corrupt: object $want on the remote holds bytes with md5 $sum"; return; fi
+  state=ok
+}
+check "$obj"
+if [ "$state" = ok ]; then say "ok ok: object $want ($size bytes) is on the remote, content verified (md5sum on the remote host)"; exit 0; fi
+first=$state
+trap 'rm -f -- "$tmp"' EXIT
+trap 'rm -f -- "$tmp"; exit 1' HUP INT PIPE TERM
+say "upload $first"
+err=$( { mkdir -p -- "${obj%/*}" && cat > "$tmp"; } 2>&1 ) || { rm -f -- "$tmp"; say "error $first, and uploading it failed:" $err; exit 1; }
+check "$tmp"
+if [ "$state" != ok ]; then rm -f -- "$tmp"; say "error $first, and the uploaded copy did not verify: ${state#*: }"; exit 1; fi
+err=$(mv -f -- "$tmp" "$obj" 2>&1) || { rm -f -- "$tmp"; say "error $first, and uploading it failed:" $err; exit 1; }
+say "ok ok: object $want ($size bytes) is on the remote, content verified (uploaded, md5sum on the remote host)"
+"""
+
+
+class SshObjects:
+    """An ssh:// DVC remote's objects through the OpenSSH client: check, upload and re-check in ONE
+    connection (``REMOTE_SCRIPT``), with the same login, key and host-key policy as DVC's SSH filesystem.
+
+    Why: the check through DVC costs a Python child that imports DVC and opens its own SSH connection,
+    and an upload through it a second hash of the object. The proof is the same: the remote's bytes are
+    hashed on the remote host, never trusted by name or size.
+
+    :param ssh: OpenSSH argv up to and including the host (``SubprocessEnv.remote_ssh``)
+    :param root: the remote's folder on that host
+    :param env: the environment of ``ssh`` (no password, no askpass)
+    :param secrets: values redacted from every message
+    :param timeout: seconds the whole command may take
+    """
+
+    def __init__(self, ssh: list[str], root: str, env: dict[str, str], secrets=(), timeout: float = 3600):
+        self.ssh = list(ssh)
+        self.root = root
+        self.env = env
+        self.secrets = list(secrets)
+        self.timeout = timeout
+
+    def ensure(self, md5: str, size: int, local: Path) -> tuple[bool, list[str]] | None:
+        """(proven, what the remote said, last line = the verdict); None when this host cannot run the
+        script or could not be reached (DVC's filesystem then does it, and words any connection error)."""
+        if not MD5_HEX.fullmatch(md5):
+            raise RegistryError(f"refusing md5 {md5[:80]!r}: not 32 lowercase hex digits")
+        folder = f"{self.root}/files/md5/{md5[:2]}"
+        tmp = f"{folder}/.{md5[2:]}.{uuid.uuid4().hex}.tmp"
+        command = shlex.join(["sh", "-c", REMOTE_SCRIPT, "dsr", f"{folder}/{md5[2:]}", md5, str(int(size)), tmp])
+        try:
+            proc = subprocess.Popen([*self.ssh, command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, env=self.env)
+        except OSError as exc:  # no ssh client on this worker
+            log.info("cannot run %s (%s): checking the DVC remote through DVC's SSH filesystem", self.ssh[0], exc)
+            return None
+        timer = threading.Timer(self.timeout, proc.kill)
+        timer.daemon = True
+        timer.start()
+        said, other, verdict, hello, local_error, first = [], [], None, False, None, ""
+        try:
+            for raw in proc.stdout:
+                line = redact(raw.decode("utf-8", "replace").rstrip("\r\n"), self.secrets)
+                if not line.startswith("dsr: "):
+                    other.append(line)
+                    continue
+                word, _, text = line[len("dsr: "):].partition(" ")
+                if word == "hello":
+                    hello = True
+                elif word == "upload":
+                    first = text
+                    said.append(f"{text}: uploading it")
+                    local_error = self._send(proc, local)
+                elif word in ("ok", "error"):
+                    verdict = (word == "ok", text)
+            if proc.stdin and not proc.stdin.closed:
+                self._close(proc)
+            proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        if not hello:
+            log.info("the DVC remote's host did not run our check (%s): checking through DVC's SSH filesystem",
+                     (other[-1] if other else f"ssh exit {proc.returncode}")[-300:])
+            return None
+        if local_error is not None:
+            return False, [*said, f"error: {first}, and uploading it failed: {local_error}"]
+        if verdict is None:
+            reason = (other[-1] if other else f"ssh exit {proc.returncode}")[-500:]
+            return False, [*said, f"error: the connection to the remote ended before it answered: {reason}"]
+        ok, text = verdict
+        if not ok and "No space left" in text:
+            text += " (the remote is out of space: free space there, then rerun)"
+        return ok, [*said, text if ok else f"error: {text}"]
+
+    @staticmethod
+    def _send(proc: subprocess.Popen, local: Path) -> str | None:
+        """Stream the local object to the remote's stdin; a local problem as words (the remote then
+        sees short input, which fails its hash and is removed)."""
+        error = None
+        try:
+            with open(local, "rb") as src:
+                out, offset = proc.stdin.fileno(), 0
+                while sent := os.sendfile(out, src.fileno(), offset, 1 << 22):
+                    offset += sent
+        except BrokenPipeError:
+            pass  # the far side stopped reading: its answer says why
+        except OSError as exc:
+            error = f"{type(exc).__name__}: {exc.strerror or exc} ({local})"
+        SshObjects._close(proc)
+        return error
+
+    @staticmethod
+    def _close(proc: subprocess.Popen) -> None:
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+
 class DvcStore:
     """The local DVC cache of one worker, and the DVC remote as the working clone's DVC sees it.
 
@@ -84,15 +233,18 @@ class DvcStore:
     :param runner: runs ``dvc_cli`` (its environment carries the SSH/S3 credentials; output is redacted)
     :param remote_options: more options of the remote for the git-ignored config (an S3 endpoint and
         region; never a secret)
+    :param ssh_objects: the remote's objects through OpenSSH (ssh:// remotes whose URL allows it), tried
+        before ``dvc_cli``
     """
 
     def __init__(self, cache_dir: Path, remote_url: str, repo_dir: Path, runner: Runner,
-                 remote_options: dict[str, str] | None = None):
+                 remote_options: dict[str, str] | None = None, ssh_objects: SshObjects | None = None):
         self.cache_dir = Path(cache_dir)
         self.remote_url = remote_url
         self.repo_dir = Path(repo_dir)
         self.runner = runner
         self.remote_options = dict(remote_options or {})
+        self.ssh_objects = ssh_objects
 
     def object_path(self, md5: str) -> Path:
         """Where the cache keeps the object with this md5 (which must be 32 lowercase hex digits)."""
@@ -177,15 +329,19 @@ class DvcStore:
         """Make the DVC remote hold exactly the cached bytes: its content is hashed, and uploaded from
         the cache (the fresh export) when missing or wrong. Nothing is committed before this holds."""
         log.info("ensuring %s (md5 %s, %d bytes) is on the DVC remote %s", rel, md5, size, self.remote_url)
-        check = self._tool("ensure-remote", DVC_REMOTE, md5, str(size), str(self.object_path(md5)))
-        for line in (check.stdout or "").splitlines()[:-1]:
+        answer = self.ssh_objects.ensure(md5, size, self.object_path(md5)) if self.ssh_objects else None
+        if answer is None:
+            check = self._tool("ensure-remote", DVC_REMOTE, md5, str(size), str(self.object_path(md5)))
+            answer = check.returncode == 0, (check.stdout or "").splitlines()[:-1] + [_last_line(check)]
+        ok, lines = answer
+        for line in lines[:-1]:
             log.info("DVC remote: %s", line)
-        if check.returncode != 0:
+        if not ok:
             raise RegistryError(
-                f"the DVC remote {self.remote_url} does not hold {rel} (md5 {md5}): {_last_line(check)}. "
+                f"the DVC remote {self.remote_url} does not hold {rel} (md5 {md5}): {lines[-1]}. "
                 "Nothing was committed or tagged; fix the remote and publish again."
             )
-        log.info("verified on the DVC remote: %s", _last_line(check))
+        log.info("verified on the DVC remote: %s", lines[-1])
 
     def fetch(self, md5: str, label: str) -> None:
         """Download the object from the remote into the cache, hashed while it streams (it appears in

@@ -39,8 +39,9 @@ class Landing:
     def __init__(self, clone: WorkingClone):
         self.clone = clone
 
-    def propose(self, project: str, output: str, tag: str, md5: str, size: int, message: str) -> None:
-        """Push this version's proposal to its own pending ref (no other publisher writes that ref)."""
+    def propose(self, project: str, output: str, tag: str, md5: str, size: int, message: str) -> str | None:
+        """Push this version's proposal to its own pending ref (no other publisher writes that ref).
+        Returns the proposal's commit when the push created the ref, else None."""
         git = self.clone.git
         dvc_blob = git("hash-object", "-w", "--stdin", input_text=dvc_file_text(output, md5, size))
         inner = git("mktree", input_text=f"100644 blob {dvc_blob}\t{output}.dvc\n")
@@ -49,6 +50,33 @@ class Landing:
         pushed = self.clone.git_process("push", "--porcelain", "origin", f"{proposal}:{PENDING_NAMESPACE}/{tag}")
         if pushed.returncode != 0:  # taken by another run of this version (the tag check decides), or unreachable
             log.info("proposal ref for %s exists already or could not be pushed; the landing round decides", tag)
+            return None
+        return proposal
+
+    def propose_and_fetch(self, project: str, output: str, tag: str, md5: str, size: int, message: str) -> None:
+        """``propose`` and the first landing round's ``fetch`` at once (two connections in parallel
+        instead of one after the other). The fetch may have run before the proposal arrived, so a
+        proposal that was pushed is recorded as fetched: it is on the registry, exactly as pushed.
+        A fetch error wins (the registry is unreachable); a proposal that was not pushed is handled
+        by the landing loop as before (proposed again while it is not pending)."""
+        outcome: dict = {}
+
+        def proposing():
+            try:
+                outcome["commit"] = self.propose(project, output, tag, md5, size, message)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=proposing, name=f"propose {tag}", daemon=True)
+        thread.start()
+        try:
+            self.fetch()
+        finally:
+            thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        if outcome.get("commit"):
+            self.clone.git("update-ref", f"{PENDING_LOCAL}/{tag}", outcome["commit"])
 
     def fetch(self) -> None:
         """The branches, every tag and every pending proposal (pruned: landed proposals disappear)."""

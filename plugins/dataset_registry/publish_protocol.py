@@ -6,10 +6,12 @@ Publish, under the working clone's flock:
 2. the export (hashed while it was written) replaces whatever the DVC cache holds under that md5;
 3. if the tag exists: different md5 -> VersionConflictError naming both md5s; same md5 -> step 4,
    then done without a commit (this is how a lost remote object is restored);
-4. the object's CONTENT on the DVC remote is hashed (on S3: an ETag equal to the md5 counts, else it
-   is read back); missing or wrong -> uploaded from the cache and hashed again. Nothing is proposed
-   before the remote content is proven;
-5. propose, then land in batches (``landing``): rounds lost to other publishers are retried with
+4. the object's CONTENT on the DVC remote is hashed (over SSH: ``md5sum`` on the host, by one OpenSSH
+   command that also uploads to a temporary name, hashes that and renames it, when the host has a shell;
+   on S3: an ETag equal to the md5 counts, else it is read back); missing or wrong -> uploaded from the
+   cache and hashed again. Nothing is proposed before the remote content is proven;
+5. propose (the first landing round's fetch runs alongside the proposal's push), then land in
+   batches (``landing``): rounds lost to other publishers are retried with
    full-jitter exponential back-off until ``publish_timeout`` (a deadline, not an attempt count); a
    proposal that vanished is proposed again. Only the run whose publish id is in the tag reports
    ``created``.
@@ -139,11 +141,13 @@ class PublishProtocol:
         publish_id = uuid.uuid4().hex
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         message = tag_message(project, version, md5, rows, size, created, publish_id, **(meta or {}))
-        self.landing.propose(project, output, tag, md5, size, message)
-        attempt = 0
+        self.landing.propose_and_fetch(project, output, tag, md5, size, message)  # the fetch raises when unreachable
+        attempt, fetched = 0, True
         while True:
             attempt += 1
-            self.landing.fetch()  # raises when the registry is unreachable
+            if not fetched:
+                self.landing.fetch()  # raises when the registry is unreachable
+            fetched = False
             existing = self.versions.tag_info(project, output, version)
             if existing is not None:
                 if existing.md5 != md5:

@@ -17,7 +17,7 @@ import hashlib
 from pathlib import Path
 
 from dataset_registry.dvc_store import (
-    DVC_REMOTE, MD5_HEX, STALE_STAGING_SECONDS, DvcStore, StagingArea, dvc_file_text, gitignore_with,
+    DVC_REMOTE, MD5_HEX, STALE_STAGING_SECONDS, DvcStore, SshObjects, StagingArea, dvc_file_text, gitignore_with,
     local_disk_error, parse_dvc_file,
 )
 from dataset_registry.gitcmd import Runner
@@ -67,8 +67,12 @@ class RegistryClient(PublishProtocol):
                              before_first_run=env.install_askpass, dvc_env=env.dvc_variables())
         clone = WorkingClone(self.clone_dir, self.lock_path, self.repo_url, settings.branch, settings.remote_url,
                              self.runner)
+        remote_ssh = env.remote_ssh()
+        ssh_objects = SshObjects(*remote_ssh, env.remote_ssh_variables(), env.secrets, self.runner.timeout) \
+            if remote_ssh else None
         store = DvcStore(self.cache_dir, settings.remote_url, self.clone_dir, self.runner,
-                         remote_options=settings.s3.dvc_remote_options() if settings.s3 is not None else None)
+                         remote_options=settings.s3.dvc_remote_options() if settings.s3 is not None else None,
+                         ssh_objects=ssh_objects)
         super().__init__(settings, clone, RegistryVersions(clone), store, Landing(clone))
 
     @property
