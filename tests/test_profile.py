@@ -253,3 +253,23 @@ def test_a_project_named_like_a_field_does_not_shadow_it():
                            window_start=None, window_end=None, columns=["a"], profile={"a": {"nulls": 0}})
         assert message_json(text, "profile") == {"a": {"nulls": 0}}
         assert message_json(text, "columns") == ["a"] and message_field(text, "md5") == "0" * 32
+
+
+def test_distinct_sketch_keeps_exactly_the_k_smallest_distinct_hashes():
+    """Batch by batch (repeats inside and across batches), the kept hashes are those of one sort of all."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        k = int(rng.integers(1, 50))
+        sketch, seen = DistinctSketch(k), [np.empty(0, np.int64)]
+        for _ in range(int(rng.integers(1, 20))):
+            batch = rng.integers(-2**63, 2**63 - 1, size=int(rng.integers(0, 40)), dtype=np.int64)
+            pool = np.concatenate(seen)
+            if len(pool) and rng.random() < 0.5:
+                batch = np.concatenate([batch, rng.choice(pool, size=5), batch[:3]])
+            seen.append(batch)
+            sketch.add_hashes(batch)
+        every = np.unique(np.concatenate(seen))
+        assert np.array_equal(sketch.kept, every[:k])
+        assert sketch.saturated == (len(every) > k)

@@ -126,10 +126,13 @@ class DistinctSketch:
         import numpy as np
 
         hashes = np.asarray(hashes, dtype=np.int64)
-        if self.saturated:
-            hashes = hashes[hashes < self.kept[-1]]
-            if not len(hashes):
-                return
+        if self.saturated:  # only hashes below the k-th smallest matter: insert those, no re-sort of all k
+            new = np.unique(hashes[hashes < self.kept[-1]])
+            at = np.searchsorted(self.kept, new)  # < k, since every new hash is below kept[-1]
+            fresh = self.kept[at] != new
+            if fresh.any():
+                self.kept = np.insert(self.kept, at[fresh], new[fresh])[:self.k]
+            return
         kept = np.unique(np.concatenate([self.kept, hashes]))
         if len(kept) > self.k:
             kept = kept[:self.k]
