@@ -654,14 +654,24 @@ def _preprocessing_writer(preprocess: Callable, columns: list[str], profiler=Non
 
     Every later chunk must return exactly those columns in that order (else the CSV would be ragged).
     Anything the callable raises is the user's code failing on this data: deterministic, not retried.
+
+    Text columns are pandas' ``str`` dtype with Python storage, whatever pandas' default: with pyarrow
+    installed pandas 3 would back them with Arrow, converting every value into Arrow and back out for
+    the CSV (about 45% slower here). Projects that want Arrow use ``preprocess_api: arrow``.
     """
     import pandas as pd
+
+    python_strings = _python_string_storage(pd)
 
     name = callable_name(preprocess)
     state: dict[str, Any] = {"header": None, "formatter": None, "chunk": 0, "rows": 0}
     trackers: dict[str, Any] = {"columns": unique_key}
 
     def chunk_to_text(batch, with_header: bool) -> tuple[str, int]:
+        with python_strings():
+            return _chunk_to_text(batch, with_header)
+
+    def _chunk_to_text(batch, with_header: bool) -> tuple[str, int]:
         state["chunk"] += 1
         chunk, first_row = state["chunk"], state["rows"] + 1
         state["rows"] += len(batch)
@@ -699,3 +709,14 @@ def _preprocessing_writer(preprocess: Callable, columns: list[str], profiler=Non
         return ((csv_format.header_line(names) + body) if with_header else body), len(result)
 
     return _ChunkWriter(chunk_to_text, state, trackers)
+
+
+def _python_string_storage(pd) -> Callable:
+    """A context in which pandas builds ``str`` columns with Python storage (pandas 2 and 3), or no-op."""
+    import contextlib
+
+    try:
+        pd.get_option("mode.string_storage")
+    except (KeyError, pd.errors.OptionError):  # an older pandas without the option
+        return contextlib.nullcontext
+    return lambda: pd.option_context("mode.string_storage", "python")
