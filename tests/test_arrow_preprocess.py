@@ -329,3 +329,44 @@ def test_the_pandas_api_keeps_python_strings_with_pyarrow_installed(tmp_path, my
     export(mysql_params, arrow_db, "SELECT id, city FROM events ORDER BY id", tmp_path / "p.csv", preprocess=spy)
     assert "pyarrow" not in seen[0] and "python" in seen[0] and seen[1] == "python"
     assert pd.get_option("mode.string_storage") == "auto"  # only inside the export
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("sql", [
+    "SELECT IF(seq % 2 = 0, NULL, IF(seq % 3 = 0, '', 'x')) AS only_one FROM seq_1_to_12 ORDER BY seq",
+    "SELECT seq AS id, 'v' AS `two\nlines, \"quoted\"`, IF(seq = 2, REPEAT('y', 3000000), NULL) AS big, "
+    "IF(seq = 3, UNHEX(REPEAT('FF', 600000)), NULL) AS bin FROM seq_1_to_5 ORDER BY seq",
+])
+def test_identity_on_odd_shapes_gives_the_exports_bytes(tmp_path, mysql_params, arrow_db, engine, sql):
+    """One column whose NULLs are empty lines, a column name with a newline, a 3 MB text and a 1.2 MB hex value."""
+    plain = export(mysql_params, arrow_db, sql, tmp_path / "plain.csv", engine=engine)
+    arrow = export(mysql_params, arrow_db, sql, tmp_path / "arrow.csv", engine=engine, preprocess=identity,
+                   preprocess_api="arrow")
+    assert (tmp_path / "arrow.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
+    assert arrow.rows == plain.rows and arrow.profile == plain.profile
+
+
+def test_nan_is_null_and_string_views_and_dictionaries_are_profiled(tmp_path, mysql_params, arrow_db):
+    def odd_types(batch):
+        ids = batch.column(0).cast(pa.int64())
+        first = ids[0].as_py() == 1
+        n = batch.num_rows
+        return pa.RecordBatch.from_pydict({
+            "id": ids,
+            "ratio": pa.array([float("nan")] * n) if first else pc.divide(ids.cast(pa.float64()), 4.0),
+            "view": batch.column(1).cast(pa.string_view()),
+            "label": pa.DictionaryArray.from_arrays(pa.array([0, 1] * (n // 2) + [0] * (n % 2), pa.int32()),
+                                                    pa.array(["a", None])),
+        })
+
+    res = export(mysql_params, arrow_db, "SELECT id, city FROM events WHERE id <= 8 ORDER BY id", tmp_path / "t.csv",
+                 preprocess=odd_types, preprocess_api="arrow", fetch_rows=4, unique_key=["id"])
+    lines = (tmp_path / "t.csv").read_text().splitlines()
+    assert lines[:3] == ["id,ratio,view,label", "1,, Zürich ,a", "2,,São Paulo,"]
+    assert lines[5] == "5,1.25,Lisboa,a"
+    assert res.profile["ratio"] == {"type": "DOUBLE", "nulls": 4, "empty": 0, "min": "1.25", "max": "2",
+                                    "distinct": 4}
+    assert res.profile["view"]["type"] == "TEXT" and res.profile["view"]["empty"] == 1  # not a query column's name
+    assert res.profile["view"]["min"] == "" and res.profile["view"]["max"] == "北京"
+    assert res.profile["label"]["nulls"] == 4 and res.profile["label"]["min"] == "a"
+    assert res.key_facts["duplicates"] == 0 and res.key_facts["unsorted"] == 0

@@ -477,3 +477,22 @@ def test_publish_and_pull_on_a_local_registry(tmp_path):
     with pytest.raises(VersionNotFoundError, match="newest available: v2, v1"):
         puller.resolve_version("sales", "train.csv", "v9")
     assert run(["git", "-C", bare, "for-each-ref", "refs/registry-pending/"]).stdout == ""
+
+
+def test_an_sftp_only_host_is_given_up_after_the_hello_deadline_and_remembered(tmp_path, monkeypatch):
+    """`ForceCommand internal-sftp` runs sftp-server, which waits for a packet and never says hello:
+    the fast path must not wait for the whole timeout (the clone's flock is held meanwhile)."""
+    import time
+
+    import dataset_registry.dvc_store as dvc_store_module
+
+    monkeypatch.setattr(dvc_store_module, "HELLO_SECONDS", 1.0)
+    objects, local, remote_obj = _remote(tmp_path, CONTENT)
+    objects.ssh = ["sh", "-c", "exec sleep 60", "sftp-server-like", str(tmp_path)]  # reads nothing, says nothing
+    started = time.monotonic()
+    assert objects.ensure(md5(CONTENT), len(CONTENT), local) is None
+    assert time.monotonic() - started < 10
+    started = time.monotonic()
+    assert objects.ensure(md5(CONTENT), len(CONTENT), local) is None  # remembered: no second wait
+    assert time.monotonic() - started < 0.5
+    assert _leftovers(remote_obj) == []

@@ -1,51 +1,26 @@
 """The contract's CSV format on Arrow data, column by column with Arrow compute kernels.
 
-The Arrow preprocess API (``preprocess_api: arrow``) needs two conversions without per-row Python:
-- reading: the raw export (the contract's CSV, written by the export engine) as record batches whose
-  columns are all ``string``, each value exactly as the CSV holds it: SQL NULL (an empty unquoted
-  field) is a null, ``""`` is the empty string, binary values are their ``0x`` hex text;
-- writing: a preprocess's output batches back to the contract's bytes: RFC 4180 quoting only where a
-  value needs it (``"``, ``,``, CR, LF) or is the empty string, NULL as an empty unquoted field.
+The Arrow preprocess API (``preprocess_api: arrow``) writes a preprocess's output batches as the
+contract's bytes without per-row Python: RFC 4180 quoting only where a value needs it (``"``, ``,``,
+CR, LF) or is the empty string, NULL as an empty unquoted field.
 
 How non-text output columns print (the way MySQL's text protocol prints the same types, where there is
 one): integers as digits; booleans as ``1``/``0``; DECIMAL at the type's scale; floats in the shortest
-text that reads back to the same double (``0.1``, ``1e+20``; NaN as ``nan``); DATE as ``YYYY-MM-DD``;
+text that reads back to the same double (``0.1``, ``1``, ``1e+20``: not Python's ``repr``, which the
+pandas API uses), NaN as NULL (as the pandas API writes it); DATE as ``YYYY-MM-DD``;
 timestamps as ``YYYY-MM-DD HH:MM:SS`` plus the unit's fraction digits (none for ``s``), in UTC;
 binary as ``0x`` + uppercase hex. Any other type (lists, structs, durations...) is refused with the
-column's name. ``csv_format`` is the same format for Python values; this module never imports Airflow.
+column's name. ``csv_format`` is the format for Python values; this module never imports Airflow.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-RAW_BLOCK_BYTES = 1 << 20  # Arrow's CSV reader works in blocks of this size: one record batch each
 _QUOTE_CHARS = r'[",\r\n]'
 
 
 class ArrowFormatError(ValueError):
     """An output column Arrow cannot print in the contract's format; the message names it."""
-
-
-def read_raw_csv(path: Path, columns: Sequence[str]) -> Iterator:
-    """Record batches of the contract CSV at ``path`` (header ``columns``), every column ``string``.
-
-    The header line is skipped and the names given, so duplicate or odd column names survive as they
-    are; quoted fields may hold newlines.
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    internal = [f"c{i}" for i in range(len(columns))]
-    reader = pacsv.open_csv(
-        pa.OSFile(str(path)),  # plain reads: a memory map would count the whole file in the RSS
-        read_options=pacsv.ReadOptions(column_names=internal, skip_rows=1, block_size=RAW_BLOCK_BYTES),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in internal}, strings_can_be_null=True,
-                                             null_values=[""], quoted_strings_can_be_null=False))
-    names = list(columns)
-    for batch in reader:
-        yield pa.RecordBatch.from_arrays(batch.columns, names=names)
 
 
 def _is_text(t) -> bool:
@@ -54,18 +29,33 @@ def _is_text(t) -> bool:
     return pt.is_string(t) or pt.is_large_string(t) or pt.is_string_view(t)
 
 
+def normalized(array):
+    """One output column as it is printed and profiled: dictionaries decoded, any text type as
+    ``string``, float NaN as null (the CSV has no NaN: the pandas API writes it as NULL too)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.types as pt
+
+    if pt.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    t = array.type
+    if _is_text(t) and not pt.is_string(t):
+        return array.cast(pa.string())
+    if pt.is_floating(t) and pc.any(pc.is_nan(array)).as_py():
+        return pc.if_else(pc.is_nan(array), pa.scalar(None, t), array)
+    return array
+
+
 def column_text(array, name: str):
-    """The printed text of every value of one Arrow column (a ``string`` array, nulls kept), and
-    whether a value may need quoting (only text can)."""
+    """The printed text of every value of one ``normalized`` Arrow column (a ``string`` array, nulls
+    kept), and whether a value may need quoting (only text can)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.types as pt
 
     t = array.type
-    if pt.is_dictionary(t):
-        array, t = array.dictionary_decode(), t.value_type
-    if _is_text(t):
-        return (array if pt.is_string(t) else array.cast(pa.string())), True
+    if pt.is_string(t):
+        return array, True
     if pt.is_null(t):
         return pa.nulls(len(array), pa.string()), False
     if pt.is_boolean(t):

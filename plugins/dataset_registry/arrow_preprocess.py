@@ -1,17 +1,16 @@
 """The vectorized preprocess (``preprocess_api: arrow``): Arrow record batches in, Arrow out.
 
 Why this shape: the pandas API builds a DataFrame of Python strings per chunk and formats its output
-row by row in Python, which costs several times the export itself. Here the query is first exported
-by the export engine (the C engine when built) exactly as a version without a preprocess would be, to
-a raw file beside the output; Arrow's multi-threaded CSV reader turns it into record batches of text
-(``arrow_csv.read_raw_csv``); the user's function returns a ``pyarrow.RecordBatch`` or ``Table`` per
-batch; the output is printed, quoted, profiled and key-checked per column with Arrow compute kernels.
-No per-row Python runs unless the user's function does it.
+row by row in Python, which costs several times the export itself. Here the export engine hands the
+rows over as Arrow ``string`` columns (the C engine builds them from the server's stream, see
+``mysql_export._export_fast_arrow``; without it, the Python engine's rows are converted per batch);
+the user's function returns a ``pyarrow.RecordBatch`` or ``Table`` per batch; ``ArrowOutput`` prints,
+quotes, profiles and key-checks the output per column (``arrow_csv``, ``arrow_profile``). No per-row
+Python runs on the C engine's path unless the user's function does it.
 
-The same guarantees as every export: one read-only snapshot (the raw export), the output written to
-``dest.partial`` and renamed only when complete, nothing left behind on failure (the raw file is
-removed too), user-code failures reported with the batch's rows and never retried, progress in the log.
-Costs one extra copy of the raw CSV on the staging disk while it runs.
+The same guarantees as every export: one read-only snapshot, the output written to ``dest.partial``
+and renamed only when complete (by ``mysql_export``, which removes it on any failure), user-code
+failures reported with the batch's rows and never retried, progress in the log.
 """
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dataset_registry import arrow_csv, csv_format
-from dataset_registry.disk import disk_problem
 from dataset_registry.mysql_export import ExportError, ExportResult, callable_name
 
 log = logging.getLogger(__name__)
@@ -151,7 +149,7 @@ class ArrowOutput:
                 f"preprocess {self.name} returned different columns on {where}: expected {self.header} (the "
                 f"header, from batch 1), got {names}. A preprocess must return the same columns in the same "
                 "order for every batch.", retryable=False)
-        arrays = part.columns
+        arrays = [arrow_csv.normalized(a) for a in part.columns]
         try:
             texts = [arrow_csv.column_text(a, n) for a, n in zip(arrays, names)]
             self._write(arrow_csv.batch_bytes(texts))
@@ -201,53 +199,6 @@ def arrow_batch(columns: list[str], raw_columns: list[tuple], rows: int):
                                           None if valid is None else pa.py_buffer(valid), nulls)
               for offsets, values, valid, nulls in raw_columns]
     return pa.RecordBatch.from_arrays(arrays, names=columns)
-
-
-def export_with_arrow_preprocess(conn_params: dict[str, Any], sql: str, dest: Path, preprocess: Callable, *,
-                                 export: Callable[..., ExportResult], progress_seconds: float, profile: bool,
-                                 unique_key: list[str] | None, **export_kwargs) -> ExportResult:
-    """Without the C engine: export ``sql`` raw (``export`` is ``mysql_export.export_query``) to a file
-    beside ``dest``, read it back in Arrow batches, run ``preprocess`` on each, write ``dest``."""
-    require_pyarrow()
-    import pyarrow as pa
-
-    started = time.monotonic()
-    dest = Path(dest)
-    raw = dest.with_name(dest.name + ".raw")
-    partial = dest.with_name(dest.name + ".partial")
-    output = None
-    try:
-        source = export(conn_params, sql, raw, profile=False, unique_key=None,
-                        progress_seconds=progress_seconds, **export_kwargs)
-        log.info("preprocess %s (Arrow batches) over %d exported rows", callable_name(preprocess), source.rows)
-        with open(partial, "wb") as out:
-            output = ArrowOutput(preprocess, out, source.columns, source.column_types, profile=profile,
-                                 unique_key=unique_key, progress_seconds=progress_seconds, started=started)
-            try:
-                for batch in arrow_csv.read_raw_csv(raw, source.columns):
-                    output.add(batch)
-                output.finish()
-            finally:
-                output.close()
-        os.replace(partial, dest)
-    except ExportError:
-        partial.unlink(missing_ok=True)
-        raise
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        message = disk_problem(exc, partial, "writing the preprocessed export")
-        if message is None:
-            raise
-        raise ExportError(message) from None
-    except pa.ArrowException as exc:  # reading or formatting failed (e.g. over Arrow's 2 GB string limit)
-        partial.unlink(missing_ok=True)
-        raise arrow_failed(preprocess, exc, output.read if output else 0) from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    finally:
-        raw.unlink(missing_ok=True)
-    return output.result(dest, time.monotonic() - started)
 
 
 def arrow_failed(preprocess: Callable, exc: BaseException, rows: int) -> ExportError:

@@ -142,7 +142,8 @@ class _ColumnFacts:
             if not value.is_valid:
                 continue
             printed = text[pc.index(key, value).as_py()].as_py()
-            self._fold(which, value.as_py(), printed)
+            if printed is not None:  # (a value's text is null only where the value is)
+                self._fold(which, value.as_py(), printed)
         # While the count is exact, hash each distinct value once (a low-cardinality column stays cheap).
         self.sketch.add_hashes(_hashes(text, unique=not self.sketch.saturated))
 

@@ -117,8 +117,14 @@ err=$( { mkdir -p -- "${obj%/*}" && cat > "$tmp"; } 2>&1 ) || { rm -f -- "$tmp";
 check "$tmp"
 if [ "$state" != ok ]; then rm -f -- "$tmp"; say "error $first, and the uploaded copy did not verify: ${state#*: }"; exit 1; fi
 err=$(mv -f -- "$tmp" "$obj" 2>&1) || { rm -f -- "$tmp"; say "error $first, and uploading it failed:" $err; exit 1; }
+check "$obj"
+if [ "$state" != ok ]; then say "error $first, and after the upload: ${state#*: }"; exit 1; fi
 say "ok ok: object $want ($size bytes) is on the remote, content verified (uploaded, md5sum on the remote host)"
 """
+
+
+HELLO_SECONDS = 45.0  # connect (ConnectTimeout=20) + login scripts; sftp-only hosts never say hello
+_NO_SHELL: set[tuple[str, ...]] = set()  # hosts (ssh argv) that did not run the script: DVC for the process's life
 
 
 class SshObjects:
@@ -148,6 +154,8 @@ class SshObjects:
         script or could not be reached (DVC's filesystem then does it, and words any connection error)."""
         if not MD5_HEX.fullmatch(md5):
             raise RegistryError(f"refusing md5 {md5[:80]!r}: not 32 lowercase hex digits")
+        if tuple(self.ssh) in _NO_SHELL:
+            return None
         folder = f"{self.root}/files/md5/{md5[:2]}"
         tmp = f"{folder}/.{md5[2:]}.{uuid.uuid4().hex}.tmp"
         command = shlex.join(["sh", "-c", REMOTE_SCRIPT, "dsr", f"{folder}/{md5[2:]}", md5, str(int(size)), tmp])
@@ -160,6 +168,12 @@ class SshObjects:
         timer = threading.Timer(self.timeout, proc.kill)
         timer.daemon = True
         timer.start()
+        # An account with `ForceCommand internal-sftp` runs sftp-server instead, which waits for us:
+        # without a hello soon, give up on this host (for this process) and let DVC's SFTP do it.
+        late: list[bool] = []
+        hello_timer = threading.Timer(HELLO_SECONDS, lambda: (late.append(True), proc.kill()))
+        hello_timer.daemon = True
+        hello_timer.start()
         said, other, verdict, hello, local_error, first = [], [], None, False, None, ""
         try:
             for raw in proc.stdout:
@@ -170,6 +184,9 @@ class SshObjects:
                 word, _, text = line[len("dsr: "):].partition(" ")
                 if word == "hello":
                     hello = True
+                    hello_timer.cancel()
+                elif word == "unsupported":
+                    late.append(True)  # the host has no md5sum: it will not have one next time either
                 elif word == "upload":
                     first = text
                     said.append(f"{text}: uploading it")
@@ -181,6 +198,7 @@ class SshObjects:
             proc.wait()
         finally:
             timer.cancel()
+            hello_timer.cancel()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
@@ -188,6 +206,8 @@ class SshObjects:
         if not hello:
             log.info("the DVC remote's host did not run our check (%s): checking through DVC's SSH filesystem",
                      (other[-1] if other else f"ssh exit {proc.returncode}")[-300:])
+            if late:  # connected, but not to a shell that runs the script: remember (not for a refused connection)
+                _NO_SHELL.add(tuple(self.ssh))
             return None
         if local_error is not None:
             return False, [*said, f"error: {first}, and uploading it failed: {local_error}"]

@@ -286,16 +286,10 @@ def export_query(
         raise ExportError(f"unknown preprocess_api {preprocess_api!r}: use pandas or arrow", retryable=False)
     arrow = preprocess is not None and preprocess_api == "arrow"
     if arrow:
-        from dataset_registry import arrow_preprocess
+        from dataset_registry.arrow_preprocess import require_pyarrow
 
-        arrow_preprocess.require_pyarrow()
+        require_pyarrow()
         fast, engine_name = _fast_engine(engine)
-        if fast is None:  # no C engine: the Python engine's raw CSV, read back in Arrow batches
-            log.info("export engine: %s; the Arrow preprocess reads its output back", engine_name)
-            return arrow_preprocess.export_with_arrow_preprocess(
-                conn_params, sql, dest, preprocess, export=export_query, progress_seconds=progress_seconds,
-                profile=profile, unique_key=unique_key, query_timeout=query_timeout, fetch_rows=fetch_rows,
-                engine="python")
         engine_name += ", Arrow batches to the preprocess"
     else:
         fast, engine_name = (None, "python (preprocess)") if preprocess else _fast_engine(engine)
@@ -334,6 +328,9 @@ def export_query(
             raise ExportError(f"query failed: {_server_message(exc)}", _retryable(exc)) from None
         if cursor.description is None:
             raise ExportError("the query returned no result set (is it a SELECT?)", retryable=False)
+        if arrow:
+            return _export_python_arrow(cursor, conn, partial, dest, started, preprocess, fetch_rows=fetch_rows,
+                                        progress_seconds=progress_seconds, profile=profile, unique_key=unique_key)
         columns = [d[0] for d in cursor.description]
         column_types = mysql_types.type_names(cursor.description, _field_flags(cursor))
         plain = [d[1] in _PLAIN_TYPES for d in cursor.description]
@@ -565,8 +562,49 @@ def _export_fast_arrow(fast, conn, sql: str, partial: Path, dest: Path, started:
         _abandon(conn, result)
         raise
     result.close()
+    done = output.result(dest, time.monotonic() - started)  # before the rename: a failure leaves nothing
     _finish_single_result(lambda: conn.next_result() != -1, conn, partial, dest)
-    return output.result(dest, time.monotonic() - started)
+    return done
+
+
+def _export_python_arrow(cursor, conn, partial: Path, dest: Path, started: float, preprocess: Callable, *,
+                         fetch_rows: int, progress_seconds: float, profile: bool,
+                         unique_key: list[str] | None) -> ExportResult:
+    """Without the C engine: the Python engine's rows (text as MySQLdb decoded it, binary as 0x hex)
+    as Arrow batches to an Arrow preprocess; ``export_query``'s handlers clean up on failure."""
+    import MySQLdb
+    import pyarrow as pa
+
+    from dataset_registry.arrow_preprocess import ArrowOutput, arrow_failed
+
+    columns = [d[0] for d in cursor.description]
+    column_types = mysql_types.type_names(cursor.description, _field_flags(cursor))
+    with open(partial, "wb") as out:
+        output = ArrowOutput(preprocess, out, columns, column_types, profile=profile, unique_key=unique_key,
+                             progress_seconds=progress_seconds, started=started,
+                             precisions=_precisions(cursor.description))
+        try:
+            while True:
+                try:
+                    rows = cursor.fetchmany(fetch_rows)
+                except MySQLdb.Error as exc:
+                    raise ExportError(f"reading the result failed after {output.read} rows: "
+                                      f"{_server_message(exc)}") from None
+                except UnicodeDecodeError as exc:
+                    raise _not_utf8(exc, output.read) from None
+                if not rows:
+                    break
+                arrays = [pa.array([csv_format.binary_text(v) if v.__class__ is bytes else v for v in values],
+                                   pa.string()) for values in zip(*rows)]
+                output.add(pa.RecordBatch.from_arrays(arrays, names=columns))
+            output.finish()
+        except pa.ArrowException as exc:
+            raise arrow_failed(preprocess, exc, output.read) from None
+        finally:
+            output.close()
+    result = output.result(dest, time.monotonic() - started)
+    _finish_single_result(cursor.nextset, conn, partial, dest)
+    return result
 
 
 def _finish_single_result(has_more: Callable[[], Any], conn, partial: Path, dest: Path) -> None:

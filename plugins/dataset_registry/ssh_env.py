@@ -127,8 +127,11 @@ class SubprocessEnv:
         if (parts.password is not None or parts.query or parts.fragment or not _PLAIN_HOST.fullmatch(host)
                 or not _PLAIN_PATH.fullmatch(path or "/") or (user and not _PLAIN_USER.fullmatch(user))):
             return None
+        # The host keys DVC's SSH filesystem (asyncssh) would trust, and no more: no system-wide
+        # known_hosts, no keys learned from the server, no DNS or GSSAPI from /etc/ssh/ssh_config.
         ssh = ["ssh", "-T", "-x", "-a", "-e", "none", "-o", "ConnectTimeout=20", "-o", "ServerAliveInterval=15",
-               "-o", "BatchMode=yes", "-o", f"Ciphers={_BULK_CIPHERS}"]
+               "-o", "BatchMode=yes", "-o", f"Ciphers={_BULK_CIPHERS}", "-o", "GlobalKnownHostsFile=/dev/null",
+               "-o", "UpdateHostKeys=no", "-o", "VerifyHostKeyDNS=no", "-o", "GSSAPIAuthentication=no"]
         if s.key_file:
             ssh += ["-i", s.key_file, "-o", "IdentitiesOnly=yes"]
         if s.check_host_keys:
