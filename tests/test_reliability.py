@@ -1,5 +1,6 @@
 """Faults, races and hostile input (issue: nothing lost, nothing half-published, converges on rerun)."""
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -114,6 +115,49 @@ def test_sshd_dying_between_git_fetch_and_dvc_push_publishes_nothing(tmp_path, m
         server.start()
         assert publish(registry, "sales", "v1", b"a\n1\n").created
         assert remote_objects_are_intact(registry.store) == 1
+    finally:
+        server.stop()
+
+
+def test_connections_the_server_sheds_under_a_burst_are_tried_again(tmp_path, registry, monkeypatch, caplog):
+    """sshd's MaxStartups drops new connections while too many are unauthenticated (a burst of
+    publishers at one tick; Debian's default is 10:30:100), which OpenSSH reports as
+    "kex_exchange_identification: Connection closed by remote host". Real sshd behind; the first two
+    fetch connections are dropped by an ssh shim (sshd's own throttling is random and timed, so a
+    test of it could not fail reliably). The fetch is tried again and the version lands."""
+    import logging
+    import shutil
+
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    count = tmp_path / "dropped"
+    (shim / "ssh").write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *git-upload-pack*)\n'
+        f'  n=$(cat {count} 2>/dev/null || echo 0)\n'
+        f'  if [ "$n" -lt 2 ]; then echo $((n + 1)) > {count}\n'
+        '    echo "kex_exchange_identification: Connection closed by remote host" >&2; exit 255; fi;;\n'
+        "esac\n"
+        f'exec {shutil.which("ssh")} "$@"\n')
+    (shim / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    with caplog.at_level(logging.INFO, logger="dataset_registry"):
+        result = publish(registry, "sales", "v1", b"a\n1\n")
+    assert result.created and registry.tags() == ["sales/v1"] and count.read_text().strip() == "2"
+    assert caplog.text.count("dropped the fetch's connection") == 2
+    assert remote_objects_are_intact(registry.store) == 1
+
+
+def test_a_registry_that_refuses_connections_is_not_tried_again(tmp_path, monkeypatch):
+    """"Connection refused" (no server) is not a shed connection: it fails at once, as before."""
+    server = make_sshd(tmp_path / "own-sshd")
+    try:
+        registry = make_registry(tmp_path, server)
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(RegistryError, match="registry"):
+            publish(registry, "sales", "v1", b"a\n1\n")
+        assert time.monotonic() - started < 10
     finally:
         server.stop()
 

@@ -117,8 +117,9 @@ err=$( { mkdir -p -- "${obj%/*}" && cat > "$tmp"; } 2>&1 ) || { rm -f -- "$tmp";
 check "$tmp"
 if [ "$state" != ok ]; then rm -f -- "$tmp"; say "error $first, and the uploaded copy did not verify: ${state#*: }"; exit 1; fi
 err=$(mv -f -- "$tmp" "$obj" 2>&1) || { rm -f -- "$tmp"; say "error $first, and uploading it failed:" $err; exit 1; }
-check "$obj"
-if [ "$state" != ok ]; then say "error $first, and after the upload: ${state#*: }"; exit 1; fi
+# the verified bytes are the renamed inode: check only that they landed as the object (not inside a
+# directory that appeared there meanwhile)
+if [ ! -f "$obj" ] || [ -e "$tmp" ]; then rm -f -- "$tmp"; say "error $first, and the uploaded copy could not take the object's place"; exit 1; fi
 say "ok ok: object $want ($size bytes) is on the remote, content verified (uploaded, md5sum on the remote host)"
 """
 

@@ -13,6 +13,18 @@ log = logging.getLogger(__name__)
 PLUGINS_DIR = Path(__file__).resolve().parents[1]
 
 
+# What OpenSSH and git print when the server shed a connection before or while talking to it (sshd's
+# MaxStartups refusing a burst of connections, a reset): worth trying again, unlike "Connection refused"
+# (no server) or an authentication or host-key failure.
+_DROPPED = ("kex_exchange_identification", "ssh_exchange_identification", "Connection closed by remote host",
+            "Connection reset by peer", "Connection closed by 127.", "the remote end hung up unexpectedly")
+
+
+def dropped_connection(text: str) -> bool:
+    """Whether a failed git/ssh command's output says the server dropped the connection."""
+    return any(marker in text for marker in _DROPPED)
+
+
 class CommandError(RuntimeError):
     """A git or DVC command failed; ``output`` is its redacted stderr/stdout."""
 

@@ -18,7 +18,7 @@ import os
 import threading
 
 from dataset_registry.dvc_store import dvc_file_text, gitignore_with, parse_dvc_file
-from dataset_registry.gitcmd import CommandError, redact
+from dataset_registry.gitcmd import CommandError, dropped_connection, redact
 from dataset_registry.names import InvalidNameError, validate_output, validate_project, validate_version
 from dataset_registry.registry_errors import RegistryError
 from dataset_registry.working_clone import COMMITTER, WorkingClone, message_field, remote_tag_ref
@@ -53,31 +53,6 @@ class Landing:
             return None
         return proposal
 
-    def propose_and_fetch(self, project: str, output: str, tag: str, md5: str, size: int, message: str) -> None:
-        """``propose`` and the first landing round's ``fetch`` at once (two connections in parallel
-        instead of one after the other). The fetch may have run before the proposal arrived, so a
-        proposal that was pushed is recorded as fetched: it is on the registry, exactly as pushed.
-        A fetch error wins (the registry is unreachable); a proposal that was not pushed is handled
-        by the landing loop as before (proposed again while it is not pending)."""
-        outcome: dict = {}
-
-        def proposing():
-            try:
-                outcome["commit"] = self.propose(project, output, tag, md5, size, message)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=proposing, name=f"propose {tag}", daemon=True)
-        thread.start()
-        try:
-            self.fetch()
-        finally:
-            thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        if outcome.get("commit"):
-            self.clone.git("update-ref", f"{PENDING_LOCAL}/{tag}", outcome["commit"])
-
     def fetch(self) -> None:
         """The branches, every tag and every pending proposal (pruned: landed proposals disappear)."""
         self.clone.fetch(f"+{PENDING_NAMESPACE}/*:{PENDING_LOCAL}/*")
@@ -106,9 +81,12 @@ class Landing:
             log.info("landed %d version(s) at commit %s: %s", len(tags), tip[:12], ", ".join(tags[:20]))
             self._after_push(branch, tip, tags)
             return landing
+        detail = redact((pushed.stderr or "") + (pushed.stdout or ""), self.clone.runner.secrets).strip()
+        if dropped_connection(detail):  # the server shed the connection (a burst): a lost round, not a failure
+            log.info("the registry dropped the push's connection (%s); trying again", detail[-200:])
+            return None
         if self._registry_changed(base, done):
             return None
-        detail = redact((pushed.stderr or "") + (pushed.stdout or ""), self.clone.runner.secrets).strip()
         raise RegistryError(f"git push to the registry repository {self.clone.repo_url} failed "
                             f"(exit {pushed.returncode}): {detail[-1500:]}")
 

@@ -10,8 +10,8 @@ Publish, under the working clone's flock:
    command that also uploads to a temporary name, hashes that and renames it, when the host has a shell;
    on S3: an ETag equal to the md5 counts, else it is read back); missing or wrong -> uploaded from the
    cache and hashed again. Nothing is proposed before the remote content is proven;
-5. propose (the first landing round's fetch runs alongside the proposal's push), then land in
-   batches (``landing``): rounds lost to other publishers are retried with
+5. propose, then land in batches (``landing``): rounds lost to other publishers, and connections the
+   registry's server dropped (sshd's MaxStartups under a burst of publishers), are retried with
    full-jitter exponential back-off until ``publish_timeout`` (a deadline, not an attempt count); a
    proposal that vanished is proposed again. Only the run whose publish id is in the tag reports
    ``created``.
@@ -141,13 +141,11 @@ class PublishProtocol:
         publish_id = uuid.uuid4().hex
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         message = tag_message(project, version, md5, rows, size, created, publish_id, **(meta or {}))
-        self.landing.propose_and_fetch(project, output, tag, md5, size, message)  # the fetch raises when unreachable
-        attempt, fetched = 0, True
+        self.landing.propose(project, output, tag, md5, size, message)
+        attempt = 0
         while True:
             attempt += 1
-            if not fetched:
-                self.landing.fetch()  # raises when the registry is unreachable
-            fetched = False
+            self.landing.fetch()  # raises when the registry is unreachable
             existing = self.versions.tag_info(project, output, version)
             if existing is not None:
                 if existing.md5 != md5:

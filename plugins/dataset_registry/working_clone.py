@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import random
 import re
 import shutil
 import subprocess
@@ -22,13 +23,14 @@ from pathlib import Path
 from typing import Iterator
 
 from dataset_registry.dvc_store import DVC_REMOTE, parse_dvc_file
-from dataset_registry.gitcmd import CommandError, Runner
+from dataset_registry.gitcmd import CommandError, Runner, dropped_connection
 from dataset_registry.names import tag_name, validate_project, validate_version
 from dataset_registry.registry_errors import RegistryError, VersionNotFoundError
 
 log = logging.getLogger(__name__)
 
 TAG_NAMESPACE = "refs/registry-tags"  # remote tags are fetched here, so stale local tags never mislead
+FETCH_ATTEMPTS = 4  # a fetch whose connection the server dropped: tries in all
 SAFE_GIT = ("-c", "protocol.ext.allow=never")  # before every git command: no ext:: transports
 COMMITTER = ["-c", "user.name=Dataset Registry", "-c", "user.email=dataset-registry@localhost"]
 LOCK_TIMEOUT = 3600.0
@@ -218,13 +220,21 @@ class WorkingClone:
     def fetch(self, *refspecs: str) -> None:
         """The branches, every tag (into the private namespace) and ``refspecs``; pruned, so what the
         registry deleted disappears here too. Globs, so a branch that does not exist yet (an empty
-        registry) is not an error."""
-        try:
-            self.git("fetch", "-q", "--prune", "--force", "--no-write-fetch-head", "origin",
-                     "+refs/heads/*:refs/remotes/origin/*", f"+refs/tags/*:{TAG_NAMESPACE}/*", *refspecs,
-                     what=f"git fetch from the registry repository {self.repo_url}")
-        except CommandError as exc:
-            raise RegistryError(str(exc)) from None
+        registry) is not an error. A connection the server dropped (a burst of publishers against
+        sshd's MaxStartups) is tried again, ``FETCH_ATTEMPTS`` times in all, after a random pause."""
+        for attempt in range(1, FETCH_ATTEMPTS + 1):
+            try:
+                self.git("fetch", "-q", "--prune", "--force", "--no-write-fetch-head", "origin",
+                         "+refs/heads/*:refs/remotes/origin/*", f"+refs/tags/*:{TAG_NAMESPACE}/*", *refspecs,
+                         what=f"git fetch from the registry repository {self.repo_url}")
+                return
+            except CommandError as exc:
+                if attempt == FETCH_ATTEMPTS or not dropped_connection(f"{exc} {exc.output}"):
+                    raise RegistryError(str(exc)) from None
+                delay = random.uniform(0.5, 2.0 * attempt)
+                log.info("the registry dropped the fetch's connection (attempt %d of %d); trying again in %.1f s",
+                         attempt, FETCH_ATTEMPTS, delay)
+                time.sleep(delay)
 
     def prepare(self) -> None:
         """Ready to publish on: synced, an empty registry initialized, and a DVC repository."""
