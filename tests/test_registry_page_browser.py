@@ -71,11 +71,12 @@ def shots(tmp_path_factory, request):
 
 
 def _wait(browser, condition, what: str):
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    try:
-        return WebDriverWait(browser, WAIT, poll_frequency=0.25).until(condition)
+    try:  # a re-render between finding and reading elements is retried, not a failure
+        return WebDriverWait(browser, WAIT, poll_frequency=0.25,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(condition)
     except TimeoutException:
         raise AssertionError(f"timed out waiting for {what}; the page shows:\n{_text(browser)[:3000]}") from None
 
@@ -238,8 +239,10 @@ def test_the_dataset_versions_tab_on_a_version_dag_page(driver, logged_in, regis
                   "the DAG tab's iframe")[0]
     driver.switch_to.frame(frame)
     try:
-        rows = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#versions tbody tr"), "shop's versions in the tab")
-        assert [r.get_attribute("data-version") for r in rows] == ["v3", "v2", "v1"]
+        versions = _wait(driver, lambda d: [r.get_attribute("data-version")
+                                            for r in d.find_elements(By.CSS_SELECTOR, "#versions tbody tr")],
+                         "shop's versions in the tab")
+        assert versions == ["v3", "v2", "v1"]
     finally:
         driver.switch_to.default_content()
     _shot(driver, shots, "09-dag-tab-version_shop")
