@@ -26,6 +26,16 @@ MYSQL_ADMIN_USER = os.environ.get("DEMO_MYSQL_ADMIN_USER", "dataset_admin")
 MYSQL_ADMIN_PASSWORD = os.environ.get("DEMO_MYSQL_ADMIN_PASSWORD", "dataset_admin")
 
 
+@pytest.fixture(autouse=True)
+def _forget_shell_less_hosts():
+    """SshObjects remembers, per process, a host that did not run its script in time (dvc_store._NO_SHELL):
+    a test whose burst of logins made the session sshd slow must not take the fast path from the next."""
+    yield
+    import dataset_registry.dvc_store as dvc_store
+
+    dvc_store._NO_SHELL.clear()
+
+
 def report_line(request, line: str) -> None:
     """Show ``line`` on the terminal even while pytest captures output (timings, artifact paths)."""
     import logging

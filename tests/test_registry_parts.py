@@ -481,18 +481,26 @@ def test_publish_and_pull_on_a_local_registry(tmp_path):
 
 def test_an_sftp_only_host_is_given_up_after_the_hello_deadline_and_remembered(tmp_path, monkeypatch):
     """`ForceCommand internal-sftp` runs sftp-server, which waits for a packet and never says hello:
-    the fast path must not wait for the whole timeout (the clone's flock is held meanwhile)."""
+    the fast path must not wait for the whole timeout (the clone's flock is held meanwhile). The host
+    is remembered for NO_SHELL_SECONDS only: one that was just slow to answer gets its fast path back."""
     import time
 
     import dataset_registry.dvc_store as dvc_store_module
 
     monkeypatch.setattr(dvc_store_module, "HELLO_SECONDS", 1.0)
     objects, local, remote_obj = _remote(tmp_path, CONTENT)
-    objects.ssh = ["sh", "-c", "exec sleep 60", "sftp-server-like", str(tmp_path)]  # reads nothing, says nothing
+    shell_now = tmp_path / "the host runs commands now"
+    objects.ssh = ["sh", "-c", 'if [ -e "$0" ]; then exec sh -c "$1"; else exec sleep 60; fi', str(shell_now)]
     started = time.monotonic()
-    assert objects.ensure(md5(CONTENT), len(CONTENT), local) is None
+    assert objects.ensure(md5(CONTENT), len(CONTENT), local) is None  # reads nothing, says nothing
     assert time.monotonic() - started < 10
+    shell_now.touch()
     started = time.monotonic()
-    assert objects.ensure(md5(CONTENT), len(CONTENT), local) is None  # remembered: no second wait
+    assert objects.ensure(md5(CONTENT), len(CONTENT), local) is None  # remembered: not even tried
     assert time.monotonic() - started < 0.5
     assert _leftovers(remote_obj) == []
+    remembered_until = dvc_store_module._NO_SHELL[tuple(objects.ssh)]
+    assert 0 < remembered_until - time.monotonic() <= dvc_store_module.NO_SHELL_SECONDS
+    dvc_store_module._NO_SHELL[tuple(objects.ssh)] = time.monotonic() - 1  # NO_SHELL_SECONDS later
+    ok, lines = objects.ensure(md5(CONTENT), len(CONTENT), local)
+    assert ok and "uploaded, md5sum on the remote host" in lines[-1] and remote_obj.read_bytes() == CONTENT

@@ -32,7 +32,6 @@ def require_pyarrow() -> None:
     try:
         import pyarrow  # noqa: F401
         import pyarrow.compute  # noqa: F401
-        import pyarrow.csv  # noqa: F401
     except ImportError as exc:
         raise ExportError(f"preprocess_api 'arrow' needs pyarrow on the worker ({exc}): install "
                           "'airflow-provider-dataset-registry[arrow]' (or pyarrow)", retryable=False) from None

@@ -125,7 +125,11 @@ say "ok ok: object $want ($size bytes) is on the remote, content verified (uploa
 
 
 HELLO_SECONDS = 45.0  # connect (ConnectTimeout=20) + login scripts; sftp-only hosts never say hello
-_NO_SHELL: set[tuple[str, ...]] = set()  # hosts (ssh argv) that did not run the script: DVC for the process's life
+# A host (ssh argv) that connected but did not run the script goes through DVC for NO_SHELL_SECONDS,
+# then is tried again: a sshd that was only slow to answer (a burst of logins) must not cost the
+# worker process its fast path for the rest of its life.
+NO_SHELL_SECONDS = 600.0
+_NO_SHELL: dict[tuple[str, ...], float] = {}  # ssh argv -> time.monotonic() when it may be tried again
 
 
 class SshObjects:
@@ -155,7 +159,7 @@ class SshObjects:
         script or could not be reached (DVC's filesystem then does it, and words any connection error)."""
         if not MD5_HEX.fullmatch(md5):
             raise RegistryError(f"refusing md5 {md5[:80]!r}: not 32 lowercase hex digits")
-        if tuple(self.ssh) in _NO_SHELL:
+        if _NO_SHELL.get(tuple(self.ssh), 0.0) > time.monotonic():
             return None
         folder = f"{self.root}/files/md5/{md5[:2]}"
         tmp = f"{folder}/.{md5[2:]}.{uuid.uuid4().hex}.tmp"
@@ -207,8 +211,9 @@ class SshObjects:
         if not hello:
             log.info("the DVC remote's host did not run our check (%s): checking through DVC's SSH filesystem",
                      (other[-1] if other else f"ssh exit {proc.returncode}")[-300:])
-            if late:  # connected, but not to a shell that runs the script: remember (not for a refused connection)
-                _NO_SHELL.add(tuple(self.ssh))
+            if late:  # no hello in time, or no md5sum there: not for a refused connection
+                _NO_SHELL[tuple(self.ssh)] = time.monotonic() + NO_SHELL_SECONDS
+                log.info("this host's objects go through DVC's SSH filesystem for the next %.0f s", NO_SHELL_SECONDS)
             return None
         if local_error is not None:
             return False, [*said, f"error: {first}, and uploading it failed: {local_error}"]
