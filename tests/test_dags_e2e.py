@@ -31,6 +31,7 @@ def test_scheduled_window_publishes_exact_bytes_and_rerun_changes_nothing(tmp_pa
     again = dags_test(shop, conf, tmp_path)
     assert again.returncode == 0, again.stdout[-4000:]
     assert "already published shop/v20240502T000000" in again.stdout + again.stderr
+    assert "in the background: not fetched again" in again.stdout + again.stderr  # fetched during the export
     assert registry.commit_count() == commits
     assert registry.git("rev-parse", "shop/v20240502T000000^{commit}") == tag_commit
 

@@ -89,6 +89,15 @@ class RegistryClient(PublishProtocol):
         """One publisher/puller per working clone on this worker (a context manager)."""
         return self.clone.locked()
 
+    def sync_ahead(self) -> None:
+        """Fetch the registry in a background thread while the caller exports; the next publish (or
+        any locked sync) within ``AHEAD_MAX_AGE`` s uses it instead of fetching (``WorkingClone.sync_ahead``)."""
+        self.clone.sync_ahead()
+
+    def wait_ahead(self) -> None:
+        """Wait for a ``sync_ahead`` still running (before the task returns, so no git child outlives it)."""
+        self.clone.wait_ahead()
+
     def sync(self) -> bool:
         """Bring the working clone to the registry's current state; False for an empty registry."""
         return self.clone.sync()

@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ FETCH_ATTEMPTS = 4  # a fetch whose connection the server dropped: tries in all
 SAFE_GIT = ("-c", "protocol.ext.allow=never")  # before every git command: no ext:: transports
 COMMITTER = ["-c", "user.name=Dataset Registry", "-c", "user.email=dataset-registry@localhost"]
 LOCK_TIMEOUT = 3600.0
+AHEAD_MAX_AGE = 120.0  # seconds a sync done ahead (``sync_ahead``) stands in for the next sync's fetch
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,8 @@ class WorkingClone:
         self.branch = branch
         self.remote_url = remote_url
         self.runner = runner
+        self._ahead: threading.Thread | None = None
+        self._ahead_done: float | None = None  # time.monotonic() when a sync ahead found the branch
 
     def git(self, *args: str, check: bool = True, what: str | None = None, input_text: str | None = None,
             env: dict[str, str] | None = None) -> str:
@@ -179,7 +183,42 @@ class WorkingClone:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """One publisher/puller per working clone on this worker (flock dies with the process)."""
+        """One publisher/puller per working clone on this worker (flock dies with the process). A sync
+        started ahead by this object is waited for first (it needs the same lock)."""
+        self.wait_ahead()
+        with self._flock():
+            yield
+
+    def sync_ahead(self) -> None:
+        """Start a sync in a background thread, under the lock, so that the registry's round trip
+        overlaps the caller's own work (a version run's export). The next ``sync`` within
+        ``AHEAD_MAX_AGE`` seconds uses what it fetched instead of fetching again; that sync still
+        resets and cleans the clone, and the landing rounds fetch on their own, so a registry that
+        moved meanwhile is still seen before anything is tagged. A failure here is only logged: the
+        next ``sync`` fetches itself and reports it."""
+        if self._ahead is not None:
+            return
+        self._ahead_done = None
+        self._ahead = threading.Thread(target=self._sync_in_background, name="registry-sync-ahead", daemon=True)
+        self._ahead.start()
+
+    def wait_ahead(self) -> None:
+        """Wait for a sync started by ``sync_ahead`` (no-op without one)."""
+        thread, self._ahead = self._ahead, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _sync_in_background(self) -> None:
+        try:
+            with self._flock():
+                if self.sync():
+                    self._ahead_done = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - the next sync fetches again and reports it
+            log.info("syncing the working clone ahead failed (%s); it is synced again before publishing",
+                     str(exc)[-300:])
+
+    @contextmanager
+    def _flock(self) -> Iterator[None]:
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as handle:
             deadline = time.monotonic() + LOCK_TIMEOUT
@@ -205,8 +244,18 @@ class WorkingClone:
         (False only for an empty repository: one with no refs at all).
 
         A clone left dirty or locked by a killed run is repaired here; one that still fails to fetch
-        or check out after that is re-created from scratch once.
+        or check out after that is re-created from scratch once. Right after a ``sync_ahead`` that
+        found the branch, what it fetched is used (once) instead of fetching again.
         """
+        done, self._ahead_done = self._ahead_done, None
+        if done is not None and time.monotonic() - done <= AHEAD_MAX_AGE:
+            try:
+                if self._sync_once(fetch=False):
+                    log.info("working clone synced %.1f s ago, in the background: not fetched again",
+                             time.monotonic() - done)
+                    return True
+            except CommandError as exc:
+                log.info("working clone changed since it was synced ahead (%s): syncing it again", str(exc)[-200:])
         try:
             return self._sync_once()
         except CommandError as exc:  # fetch errors (network, auth) are RegistryErrors and pass through
@@ -277,12 +326,15 @@ class WorkingClone:
             log.warning("removing stale git lock %s left by an interrupted run", stale)
             stale.unlink(missing_ok=True)
 
-    def _sync_once(self) -> bool:
+    def _sync_once(self, fetch: bool = True) -> bool:
         if not self._clone_is_healthy():
+            if not fetch:
+                return False  # (sync then does the whole thing)
             log.info("creating working clone of the registry in %s", self.clone_dir)
             self._fresh_clone()
         self._clear_stale_locks()
-        self.fetch()
+        if fetch:
+            self.fetch()
         branch = self.branch
         exists = bool(self.git("rev-parse", "-q", "--verify", f"refs/remotes/origin/{branch}^{{commit}}", check=False))
         if exists:

@@ -145,8 +145,9 @@ def ssh_setup(root: Path):
     return server, lambda sub: make_registry(Path(tempfile.mkdtemp(dir=root, prefix=sub)), server)
 
 
-def our_publish(registry, work_dir: Path, table: str, version: str) -> float:
-    """The product's whole version run in one process: export + publish over SSH."""
+def our_publish(registry, work_dir: Path, table: str, version: str, ahead: bool = True) -> float:
+    """The product's whole version run in one process, as the version operator does it: the registry's
+    fetch started in the background, the export, then the publish over SSH."""
     code = f"""
 import sys, json, time
 sys.path.insert(0, {str(REPO / 'plugins')!r})
@@ -157,6 +158,8 @@ s = json.loads({json.dumps(json.dumps({**registry.conn_extra, "work_dir": str(wo
 client = RegistryClient(RegistrySettings(repo_url=s["repo_url"], remote_url=s["remote_url"], work_dir=Path(s["work_dir"]),
                                          key_file=s["key_file"], known_hosts=s["known_hosts"]))
 staged = client.staging_file("bench", "train.csv")
+if {ahead!r}:
+    client.sync_ahead()  # as the version operator does: the registry's fetch overlaps the export
 r = export_query({{"host": "127.0.0.1", "user": {USER!r}, "passwd": {PASSWORD!r}}}, "SELECT * FROM dsv_bench.{table} ORDER BY id", staged)
 p = client.publish("bench", "train.csv", {version!r}, staged, r.md5, r.rows)
 print(json.dumps(p.as_dict()))

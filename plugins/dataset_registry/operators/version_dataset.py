@@ -259,6 +259,7 @@ class VersionDatasetOperator(BaseOperator):
             raise AirflowFailException(str(exc)) from None
         client = self.registry_hook.get_conn()
         staging = client.staging_file(project, output)
+        client.sync_ahead()  # the registry's fetch overlaps the export (publish then does not fetch first)
         try:
             try:
                 result = export_query(conn_params, sql, staging, preprocess=preprocess, query_timeout=self.query_timeout,
@@ -284,6 +285,7 @@ class VersionDatasetOperator(BaseOperator):
                 raise PublishDeadlineError(f"{exc} (publish_timeout: the project YAML key, else the "
                                            f"{self.registry_conn_id!r} connection's extra)") from None
         finally:
+            client.wait_ahead()
             staging.unlink(missing_ok=True)
 
         query_types = dict(zip(result.columns, result.column_types))

@@ -1,0 +1,103 @@
+"""The registry's fetch started in the background while a version run exports (``sync_ahead``): the
+publish then skips its first fetch, and nothing about what gets tagged may depend on it."""
+import logging
+
+import pytest
+
+import dataset_registry.working_clone as working_clone
+from dataset_registry.registry import VersionConflictError
+from test_integrity import CONTENT, client_for, md5, publish_with, remote_object
+
+
+def _count_fetches(client) -> list:
+    calls = []
+    original = client.runner.run
+
+    def counting(args, **kwargs):
+        if "fetch" in args:
+            calls.append(tuple(args))
+        return original(args, **kwargs)
+
+    client.runner.run = counting
+    return calls
+
+
+def test_a_sync_ahead_stands_in_for_the_publish_s_first_fetch(registry, caplog):
+    client = client_for(registry)
+    publish_with(client, "other", "v1", b"o\n1\n")  # the registry exists (the ahead sync needs a branch)
+    fetches = _count_fetches(client)
+    publish_with(client, "sales", "v1", CONTENT)
+    assert len(fetches) == 2  # without it: the clone's sync, then the landing round's fetch
+    client.sync_ahead()
+    client.wait_ahead()
+    assert len(fetches) == 3  # the ahead sync fetched (in its thread)
+    caplog.set_level(logging.INFO, logger="dataset_registry.working_clone")
+    result = publish_with(client, "sales", "v2", CONTENT + b"9,x\n")
+    assert len(fetches) == 4  # the publish itself fetched once: its landing round
+    assert "not fetched again" in caplog.text
+    assert result.created and sorted(registry.tags()) == ["other/v1", "sales/v1", "sales/v2"]
+    assert registry.git("rev-parse", "sales/v2^{commit}") == registry.git("rev-parse", "main") == result.commit
+    assert remote_object(registry, CONTENT + b"9,x\n").read_bytes() == CONTENT + b"9,x\n"
+    publish_with(client, "sales", "v3", CONTENT + b"10,y\n")
+    assert len(fetches) == 6  # used once: the next publish syncs itself again
+
+
+def test_a_sync_ahead_that_another_publisher_overtook_still_refuses_a_conflicting_tag(tmp_path, registry):
+    ahead = client_for(registry)
+    publish_with(ahead, "other", "v1", b"o\n1\n")
+    ahead.sync_ahead()
+    ahead.wait_ahead()
+    other = client_for(registry, tmp_path / "other-worker")
+    first = publish_with(other, "sales", "v1", CONTENT)  # after the ahead sync: it has not seen this tag
+    with pytest.raises(VersionConflictError) as err:
+        publish_with(ahead, "sales", "v1", CONTENT + b"9,x\n")
+    assert md5(CONTENT) in str(err.value) and md5(CONTENT + b"9,x\n") in str(err.value)
+    assert registry.git("rev-parse", "sales/v1^{commit}") == first.commit  # the tag never moves
+    assert f"md5: {md5(CONTENT)}" in registry.git("cat-file", "-p", "sales/v1")
+    ahead.sync_ahead()
+    ahead.wait_ahead()
+    publish_with(other, "other", "v2", b"o\n2\n")
+    same = publish_with(ahead, "other", "v2", b"o\n2\n")  # same bytes, tag made meanwhile: not "created"
+    assert not same.created and same.commit == registry.git("rev-parse", "other/v2^{commit}")
+    publish_with(other, "other", "v3", b"o\n3\n")  # any landing round drops the refused proposal
+    assert registry.git("for-each-ref", "refs/registry-pending/") == ""
+    assert sorted(registry.tags()) == ["other/v1", "other/v2", "other/v3", "sales/v1"]
+
+
+def test_a_failed_sync_ahead_leaves_the_publish_to_fetch_and_succeed(registry, caplog):
+    client = client_for(registry)
+    publish_with(client, "other", "v1", b"o\n1\n")
+    away = registry.bare.with_name("registry-away.git")
+    registry.bare.rename(away)  # the registry is unreachable while the export runs
+    caplog.set_level(logging.INFO, logger="dataset_registry.working_clone")
+    try:
+        client.sync_ahead()
+        client.wait_ahead()
+    finally:
+        away.rename(registry.bare)
+    assert "syncing the working clone ahead failed" in caplog.text
+    fetches = _count_fetches(client)
+    result = publish_with(client, "sales", "v1", CONTENT)
+    assert result.created and len(fetches) == 2 and "sales/v1" in registry.tags()
+
+
+def test_an_old_sync_ahead_is_not_trusted(registry, monkeypatch):
+    client = client_for(registry)
+    publish_with(client, "other", "v1", b"o\n1\n")
+    monkeypatch.setattr(working_clone, "AHEAD_MAX_AGE", -1.0)  # already too old when the publish starts
+    client.sync_ahead()
+    client.wait_ahead()
+    fetches = _count_fetches(client)
+    assert publish_with(client, "sales", "v1", CONTENT).created
+    assert len(fetches) == 2
+
+
+def test_a_sync_ahead_on_an_empty_registry_leaves_initializing_to_the_publish(registry):
+    client = client_for(registry)
+    client.sync_ahead()  # the registry has no refs yet: nothing to stand in for
+    client.wait_ahead()
+    fetches = _count_fetches(client)
+    result = publish_with(client, "sales", "v1", CONTENT)
+    assert result.created and len(fetches) == 2  # the publish synced (and initialized) itself
+    tree = registry.git("ls-tree", "--name-only", "main").split()
+    assert ".dvc" in tree and "sales" in tree and registry.tags() == ["sales/v1"]
