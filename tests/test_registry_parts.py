@@ -1,6 +1,7 @@
 """The registry's parts on their own, without sshd: the SSH environment builder, the DVC cache, the
 settings' messages, and constructors that touch no disk. Real git, ssh, DVC and files; no mocks."""
 import hashlib
+import os
 import shlex
 import subprocess
 import sys
@@ -490,7 +491,9 @@ def test_an_sftp_only_host_is_given_up_after_the_hello_deadline_and_remembered(t
     monkeypatch.setattr(dvc_store_module, "HELLO_SECONDS", 1.0)
     objects, local, remote_obj = _remote(tmp_path, CONTENT)
     shell_now = tmp_path / "the host runs commands now"
-    objects.ssh = ["sh", "-c", 'if [ -e "$0" ]; then exec sh -c "$1"; else exec sleep 60; fi', str(shell_now)]
+    argv = ["sh", "-c", 'if [ -e "$0" ]; then exec sh -c "$1"; else exec sleep 60; fi', str(shell_now)]
+    state = tmp_path / "worker" / "state"
+    objects = SshObjects(argv, objects.root, objects.env, state_dir=state)
     started = time.monotonic()
     assert objects.ensure(md5(CONTENT), len(CONTENT), local) is None  # reads nothing, says nothing
     assert time.monotonic() - started < 10
@@ -499,8 +502,16 @@ def test_an_sftp_only_host_is_given_up_after_the_hello_deadline_and_remembered(t
     assert objects.ensure(md5(CONTENT), len(CONTENT), local) is None  # remembered: not even tried
     assert time.monotonic() - started < 0.5
     assert _leftovers(remote_obj) == []
-    remembered_until = dvc_store_module._NO_SHELL[tuple(objects.ssh)]
+    remembered_until = dvc_store_module._NO_SHELL[tuple(argv)]
     assert 0 < remembered_until - time.monotonic() <= dvc_store_module.NO_SHELL_SECONDS
-    dvc_store_module._NO_SHELL[tuple(objects.ssh)] = time.monotonic() - 1  # NO_SHELL_SECONDS later
-    ok, lines = objects.ensure(md5(CONTENT), len(CONTENT), local)
+    # Airflow runs each task in a new process: the worker's folder remembers it too
+    dvc_store_module._NO_SHELL.clear()
+    next_task = SshObjects(argv, objects.root, objects.env, state_dir=state)
+    started = time.monotonic()
+    assert next_task.ensure(md5(CONTENT), len(CONTENT), local) is None
+    assert time.monotonic() - started < 0.5
+    # ... for NO_SHELL_SECONDS: then the host is tried again (it was only slow, or it has a shell now)
+    old = time.time() - dvc_store_module.NO_SHELL_SECONDS - 1
+    os.utime(next_task.no_shell_marker, (old, old))
+    ok, lines = next_task.ensure(md5(CONTENT), len(CONTENT), local)
     assert ok and "uploaded, md5sum on the remote host" in lines[-1] and remote_obj.read_bytes() == CONTENT

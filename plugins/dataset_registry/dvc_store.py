@@ -127,7 +127,8 @@ say "ok ok: object $want ($size bytes) is on the remote, content verified (uploa
 HELLO_SECONDS = 45.0  # connect (ConnectTimeout=20) + login scripts; sftp-only hosts never say hello
 # A host (ssh argv) that connected but did not run the script goes through DVC for NO_SHELL_SECONDS,
 # then is tried again: a sshd that was only slow to answer (a burst of logins) must not cost the
-# worker process its fast path for the rest of its life.
+# worker its fast path for good. Remembered in this process and, since Airflow runs every task in a
+# process of its own, as a marker file in the worker's folder (``state_dir``).
 NO_SHELL_SECONDS = 600.0
 _NO_SHELL: dict[tuple[str, ...], float] = {}  # ssh argv -> time.monotonic() when it may be tried again
 
@@ -145,21 +146,44 @@ class SshObjects:
     :param env: the environment of ``ssh`` (no password, no askpass)
     :param secrets: values redacted from every message
     :param timeout: seconds the whole command may take
+    :param state_dir: where a host that cannot run the script is remembered across processes
     """
 
-    def __init__(self, ssh: list[str], root: str, env: dict[str, str], secrets=(), timeout: float = 3600):
+    def __init__(self, ssh: list[str], root: str, env: dict[str, str], secrets=(), timeout: float = 3600,
+                 state_dir: Path | None = None):
         self.ssh = list(ssh)
         self.root = root
         self.env = env
         self.secrets = list(secrets)
         self.timeout = timeout
+        digest = hashlib.sha256("\0".join(self.ssh).encode()).hexdigest()[:16]
+        self.no_shell_marker = Path(state_dir) / f"ssh-no-shell-{digest}" if state_dir is not None else None
+
+    def _shell_less(self) -> bool:
+        """Whether this host failed to run the script less than NO_SHELL_SECONDS ago."""
+        if _NO_SHELL.get(tuple(self.ssh), 0.0) > time.monotonic():
+            return True
+        try:
+            return self.no_shell_marker is not None and \
+                time.time() - self.no_shell_marker.stat().st_mtime < NO_SHELL_SECONDS
+        except OSError:
+            return False
+
+    def _remember_shell_less(self) -> None:
+        _NO_SHELL[tuple(self.ssh)] = time.monotonic() + NO_SHELL_SECONDS
+        if self.no_shell_marker is not None:
+            try:
+                self.no_shell_marker.parent.mkdir(parents=True, exist_ok=True)
+                self.no_shell_marker.write_text(f"{shlex.join(self.ssh)}\n")
+            except OSError as exc:  # only a cost: the next task waits for the hello again
+                log.info("cannot remember the shell-less host in %s: %s", self.no_shell_marker, exc)
 
     def ensure(self, md5: str, size: int, local: Path) -> tuple[bool, list[str]] | None:
         """(proven, what the remote said, last line = the verdict); None when this host cannot run the
         script or could not be reached (DVC's filesystem then does it, and words any connection error)."""
         if not MD5_HEX.fullmatch(md5):
             raise RegistryError(f"refusing md5 {md5[:80]!r}: not 32 lowercase hex digits")
-        if _NO_SHELL.get(tuple(self.ssh), 0.0) > time.monotonic():
+        if self._shell_less():
             return None
         folder = f"{self.root}/files/md5/{md5[:2]}"
         tmp = f"{folder}/.{md5[2:]}.{uuid.uuid4().hex}.tmp"
@@ -212,7 +236,7 @@ class SshObjects:
             log.info("the DVC remote's host did not run our check (%s): checking through DVC's SSH filesystem",
                      (other[-1] if other else f"ssh exit {proc.returncode}")[-300:])
             if late:  # no hello in time, or no md5sum there: not for a refused connection
-                _NO_SHELL[tuple(self.ssh)] = time.monotonic() + NO_SHELL_SECONDS
+                self._remember_shell_less()
                 log.info("this host's objects go through DVC's SSH filesystem for the next %.0f s", NO_SHELL_SECONDS)
             return None
         if local_error is not None:

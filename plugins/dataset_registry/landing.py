@@ -4,8 +4,9 @@ Why proposals: with dozens of projects publishing at the same tick, every publis
 the branch with its own commit makes N publishers need about N rounds each (the previous protocol:
 5 of 32 gave up after 20 attempts). So each publisher first pushes a *proposal* (a tiny root commit
 holding its ``.dvc`` file, its message = the tag message) to its own ref
-``refs/registry-pending/<project>/<version>``: distinct refs never conflict. A landing round fetches
-the branch, the tags and every pending proposal, builds one commit per proposal on the tip (plumbing
+``refs/registry-pending/<project>/<version>``: distinct refs never conflict. A landing round takes
+the branch, the tags and every pending proposal as last fetched (a publisher's first round: what its
+sync fetched, plus its own proposal), builds one commit per proposal on the tip (plumbing
 in a private index: no checkout, no re-hash, no re-upload), creates their annotated tags, and pushes
 branch + all those tags + the deletion of the landed proposals in ONE ``git push --atomic``.
 Whoever wins a round lands everybody's ready versions. Proposals come from the registry, so anyone
@@ -21,12 +22,12 @@ from dataset_registry.dvc_store import dvc_file_text, gitignore_with, parse_dvc_
 from dataset_registry.gitcmd import CommandError, dropped_connection, redact
 from dataset_registry.names import InvalidNameError, validate_output, validate_project, validate_version
 from dataset_registry.registry_errors import RegistryError
-from dataset_registry.working_clone import COMMITTER, WorkingClone, message_field, remote_tag_ref
+from dataset_registry.working_clone import (
+    COMMITTER, PENDING_LOCAL, PENDING_NAMESPACE, WorkingClone, message_field, remote_tag_ref,
+)
 
 log = logging.getLogger(__name__)
 
-PENDING_NAMESPACE = "refs/registry-pending"  # on the registry: versions whose data is verified, waiting to land
-PENDING_LOCAL = "refs/registry-pending-fetched"  # where a worker's clone keeps what it fetched of them
 MAX_BATCH = 200  # proposals landed by one push at most
 
 
@@ -51,19 +52,23 @@ class Landing:
         if pushed.returncode != 0:  # taken by another run of this version (the tag check decides), or unreachable
             log.info("proposal ref for %s exists already or could not be pushed; the landing round decides", tag)
             return None
+        # as a fetch would record it: a first landing round can go without fetching (see ``land``)
+        git("update-ref", f"{PENDING_LOCAL}/{tag}", proposal)
         return proposal
 
     def fetch(self) -> None:
         """The branches, every tag and every pending proposal (pruned: landed proposals disappear)."""
-        self.clone.fetch(f"+{PENDING_NAMESPACE}/*:{PENDING_LOCAL}/*")
+        self.clone.fetch()
 
     def is_pending(self, tag: str) -> bool:
         """Whether the last fetch found this version's proposal on the registry."""
         return bool(self.clone.git("rev-parse", "-q", "--verify", f"{PENDING_LOCAL}/{tag}", check=False))
 
     def land(self) -> dict[str, dict] | None:
-        """One landing round on what the last ``fetch`` found: every valid pending proposal becomes a
-        commit on the tip and a tag, pushed with the branch and the proposals' deletion atomically.
+        """One landing round on what the last ``fetch`` found (the clone's sync fetches proposals too)
+        plus the proposals this clone pushed since: every valid pending proposal becomes a commit on
+        the tip and a tag, pushed with the branch and the proposals' deletion atomically. A view that
+        is out of date only loses the round: the push names the tip and the proposals it expects.
 
         Returns the proposals it landed (``{tag: proposal}``, each with its ``commit``), or None when
         the push lost the race (someone else moved the branch or landed the proposals first; fetch
@@ -71,21 +76,26 @@ class Landing:
         """
         branch = self.clone.branch
         origin = self.clone.origin_tip()
+        if not origin and (gone := self.clone.missing_branch_error()) is not None:
+            raise gone  # the branch was deleted: never re-create it under the tags
         base = origin or self.clone.git("rev-parse", "HEAD")  # HEAD: a fresh registry's init commit
         tip, landing, done = self._plan(base)
         tags = list(landing)
         refspecs = [f"{tip}:refs/heads/{branch}"] if tip != base or not origin else []
         refspecs += [f"refs/tags/{t}:refs/tags/{t}" for t in tags] + [f":{PENDING_NAMESPACE}/{t}" for t in done]
-        pushed = self.clone.git_process("push", "--porcelain", "--atomic", "origin", *refspecs)
+        # compare-and-swap on the branch: it moves only from the tip this round built on ("": it must
+        # not exist yet), so a round on an old view (moved, or deleted, branch) can only lose
+        lease = f"--force-with-lease=refs/heads/{branch}:{origin}"
+        pushed = self.clone.git_process("push", "--porcelain", "--atomic", lease, "origin", *refspecs)
         if pushed.returncode == 0:
             log.info("landed %d version(s) at commit %s: %s", len(tags), tip[:12], ", ".join(tags[:20]))
-            self._after_push(branch, tip, tags)
+            self._after_push(branch, tip, tags, done)
             return landing
         detail = redact((pushed.stderr or "") + (pushed.stdout or ""), self.clone.runner.secrets).strip()
         if dropped_connection(detail):  # the server shed the connection (a burst): a lost round, not a failure
             log.info("the registry dropped the push's connection (%s); trying again", detail[-200:])
             return None
-        if self._registry_changed(base, done):
+        if self._registry_changed(base, done, tags):
             return None
         raise RegistryError(f"git push to the registry repository {self.clone.repo_url} failed "
                             f"(exit {pushed.returncode}): {detail[-1500:]}")
@@ -159,19 +169,26 @@ class Landing:
         return git(*COMMITTER, "commit-tree", tree, "-p", base, "-m",
                    f"{project}: version {version} ({rows} rows, md5 {md5})")
 
-    def _registry_changed(self, base: str, done: list[str]) -> bool:
-        """After a failed push: did someone else move the branch or land/drop proposals (a lost race),
-        or is the failure ours to report (rejected, unreachable)?"""
+    def _registry_changed(self, base: str, done: list[str], tags: list[str]) -> bool:
+        """After a failed push: did someone else move the branch, land/drop proposals or create one
+        of these tags (another run of the same version, on the same tip: a lost race), or is the
+        failure ours to report (rejected, unreachable)?"""
         self.fetch()
         tip = self.clone.origin_tip()
-        if tip and tip != base:
+        if tip != base and (tip or self.clone.missing_branch_error() is not None):
+            return True  # moved, or deleted (the next round reports that)
+        if any(self.clone.git("rev-parse", "-q", "--verify", remote_tag_ref(t), check=False) for t in tags):
             return True
         return any(not self.is_pending(t) for t in done)
 
-    def _after_push(self, branch: str, commit: str, tags: list[str]) -> None:
+    def _after_push(self, branch: str, commit: str, tags: list[str], done: list[str]) -> None:
         """Bookkeeping only: the push landed, so a failure here must not turn it into a failed publish
-        (the next fetch writes the same refs anyway)."""
+        (the next fetch writes the same refs anyway). The proposals it removed go from the clone's
+        view too, so a first round that lands on that view does not try to remove them again."""
         updates = [(f"refs/remotes/origin/{branch}", commit)] + [(remote_tag_ref(t), f"refs/tags/{t}") for t in tags]
         for ref, value in updates:
             if self.clone.git_process("update-ref", ref, value).returncode:
                 log.warning("could not record %s in the working clone; the next fetch will", ref)
+        if done and self.clone.git_process("update-ref", "--stdin", input_text="".join(
+                f"delete {PENDING_LOCAL}/{t}\n" for t in done)).returncode:
+            log.warning("could not drop the landed proposals from the working clone's view; the next fetch will")

@@ -10,10 +10,11 @@ Publish, under the working clone's flock:
    command that also uploads to a temporary name, hashes that and renames it, when the host has a shell;
    on S3: an ETag equal to the md5 counts, else it is read back); missing or wrong -> uploaded from the
    cache and hashed again. Nothing is proposed before the remote content is proven;
-5. propose, then land in batches (``landing``): rounds lost to other publishers, and connections the
-   registry's server dropped (sshd's MaxStartups under a burst of publishers), are retried with
-   full-jitter exponential back-off until ``publish_timeout`` (a deadline, not an attempt count); a
-   proposal that vanished is proposed again. Only the run whose publish id is in the tag reports
+5. propose, then land in batches (``landing``): the first round on what step 1 fetched (the clone's
+   fetches include the proposals) plus our proposal, later rounds after a fetch. Rounds lost to other
+   publishers or to an old view, and connections the registry's server dropped (sshd's MaxStartups
+   under a burst of publishers), are retried with full-jitter exponential back-off until
+   ``publish_timeout`` (a deadline, not an attempt count); a proposal that vanished is proposed again. Only the run whose publish id is in the tag reports
    ``created``.
 Pull: resolve the tag (the newest by default) -> the object into the worker's DVC cache (downloaded
 and hashed, unless already there) -> a copy to the destination, hashed on the way.
@@ -141,11 +142,14 @@ class PublishProtocol:
         publish_id = uuid.uuid4().hex
         created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         message = tag_message(project, version, md5, rows, size, created, publish_id, **(meta or {}))
-        self.landing.propose(project, output, tag, md5, size, message)
+        proposed = self.landing.propose(project, output, tag, md5, size, message)
         attempt = 0
         while True:
             attempt += 1
-            self.landing.fetch()  # raises when the registry is unreachable
+            if attempt > 1 or proposed is None:
+                self.landing.fetch()  # raises when the registry is unreachable
+            # else: the first round lands on what step 1 fetched (tip, tags, proposals) plus our
+            # proposal: a quiet registry costs no second fetch; a moved one loses the round
             existing = self.versions.tag_info(project, output, version)
             if existing is not None:
                 if existing.md5 != md5:

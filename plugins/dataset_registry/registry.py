@@ -68,8 +68,8 @@ class RegistryClient(PublishProtocol):
         clone = WorkingClone(self.clone_dir, self.lock_path, self.repo_url, settings.branch, settings.remote_url,
                              self.runner)
         remote_ssh = env.remote_ssh()
-        ssh_objects = SshObjects(*remote_ssh, env.remote_ssh_variables(), env.secrets, self.runner.timeout) \
-            if remote_ssh else None
+        ssh_objects = SshObjects(*remote_ssh, env.remote_ssh_variables(), env.secrets, self.runner.timeout,
+                                 state_dir=self.work_dir / "state") if remote_ssh else None
         store = DvcStore(self.cache_dir, settings.remote_url, self.clone_dir, self.runner,
                          remote_options=settings.s3.dvc_remote_options() if settings.s3 is not None else None,
                          ssh_objects=ssh_objects)

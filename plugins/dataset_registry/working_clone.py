@@ -31,6 +31,8 @@ from dataset_registry.registry_errors import RegistryError, VersionNotFoundError
 log = logging.getLogger(__name__)
 
 TAG_NAMESPACE = "refs/registry-tags"  # remote tags are fetched here, so stale local tags never mislead
+PENDING_NAMESPACE = "refs/registry-pending"  # on the registry: versions whose data is verified, waiting to land
+PENDING_LOCAL = "refs/registry-pending-fetched"  # where a worker's clone keeps what it fetched of them
 FETCH_ATTEMPTS = 4  # a fetch whose connection the server dropped: tries in all
 SAFE_GIT = ("-c", "protocol.ext.allow=never")  # before every git command: no ext:: transports
 COMMITTER = ["-c", "user.name=Dataset Registry", "-c", "user.email=dataset-registry@localhost"]
@@ -177,9 +179,9 @@ class WorkingClone:
         """A git command in the clone; its stripped stdout."""
         return self.runner.git(*SAFE_GIT, *args, check=check, what=what, input_text=input_text, env=env)
 
-    def git_process(self, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    def git_process(self, *args: str, check: bool = False, input_text: str | None = None) -> subprocess.CompletedProcess:
         """A git command in the clone, for its exit status or its output exactly as printed."""
-        return self.runner.run(["git", *SAFE_GIT, *args], check=check)
+        return self.runner.run(["git", *SAFE_GIT, *args], check=check, input_text=input_text)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -210,7 +212,7 @@ class WorkingClone:
 
     def _sync_in_background(self) -> None:
         try:
-            with self._flock():
+            with self._flock(timeout=0):  # busy: another task is syncing it now; the publish syncs itself
                 if self.sync():
                     self._ahead_done = time.monotonic()
         except Exception as exc:  # noqa: BLE001 - the next sync fetches again and reports it
@@ -218,17 +220,17 @@ class WorkingClone:
                      str(exc)[-300:])
 
     @contextmanager
-    def _flock(self) -> Iterator[None]:
+    def _flock(self, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a+") as handle:
-            deadline = time.monotonic() + LOCK_TIMEOUT
+            deadline = time.monotonic() + timeout
             waited = False
             while True:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if time.monotonic() > deadline:
+                    if time.monotonic() >= deadline:
                         raise RegistryError(f"timed out waiting for the working clone lock {self.lock_path}") from None
                     if not waited:
                         log.info("waiting for another process using the working clone %s", self.clone_dir)
@@ -239,15 +241,17 @@ class WorkingClone:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def sync(self) -> bool:
+    def sync(self, reuse_ahead: bool = False) -> bool:
         """Bring the working clone to the registry's current state. Returns whether the branch exists
         (False only for an empty repository: one with no refs at all).
 
         A clone left dirty or locked by a killed run is repaired here; one that still fails to fetch
-        or check out after that is re-created from scratch once. Right after a ``sync_ahead`` that
-        found the branch, what it fetched is used (once) instead of fetching again.
+        or check out after that is re-created from scratch once. With ``reuse_ahead`` (the publish),
+        what a ``sync_ahead`` that found the branch fetched is used, once, instead of fetching again.
         """
-        done, self._ahead_done = self._ahead_done, None
+        done = self._ahead_done if reuse_ahead else None
+        if reuse_ahead:
+            self._ahead_done = None
         if done is not None and time.monotonic() - done <= AHEAD_MAX_AGE:
             try:
                 if self._sync_once(fetch=False):
@@ -267,14 +271,15 @@ class WorkingClone:
                 raise RegistryError(str(again)) from None
 
     def fetch(self, *refspecs: str) -> None:
-        """The branches, every tag (into the private namespace) and ``refspecs``; pruned, so what the
-        registry deleted disappears here too. Globs, so a branch that does not exist yet (an empty
-        registry) is not an error. A connection the server dropped (a burst of publishers against
+        """The branches, every tag (into the private namespace), every pending proposal (``landing``)
+        and ``refspecs``; pruned, so what the registry deleted disappears here too. Globs, so a branch
+        that does not exist yet (an empty registry) is not an error. A connection the server dropped (a burst of publishers against
         sshd's MaxStartups) is tried again, ``FETCH_ATTEMPTS`` times in all, after a random pause."""
         for attempt in range(1, FETCH_ATTEMPTS + 1):
             try:
                 self.git("fetch", "-q", "--prune", "--force", "--no-write-fetch-head", "origin",
-                         "+refs/heads/*:refs/remotes/origin/*", f"+refs/tags/*:{TAG_NAMESPACE}/*", *refspecs,
+                         "+refs/heads/*:refs/remotes/origin/*", f"+refs/tags/*:{TAG_NAMESPACE}/*",
+                         f"+{PENDING_NAMESPACE}/*:{PENDING_LOCAL}/*", *refspecs,
                          what=f"git fetch from the registry repository {self.repo_url}")
                 return
             except CommandError as exc:
@@ -287,7 +292,7 @@ class WorkingClone:
 
     def prepare(self) -> None:
         """Ready to publish on: synced, an empty registry initialized, and a DVC repository."""
-        if not self.sync():
+        if not self.sync(reuse_ahead=True):
             self._initialize_registry()
         if not (self.clone_dir / ".dvc").is_dir():
             raise RegistryError(
@@ -341,16 +346,27 @@ class WorkingClone:
             self.git("checkout", "-q", "-f", "-B", branch, f"refs/remotes/origin/{branch}")
             self.git("clean", "-q", "-f", "-d")
             return True
+        if not fetch:
+            return False  # decided on a fresh fetch only (sync then does the whole thing)
+        error = self.missing_branch_error()
+        if error is not None:
+            raise error
+        return False
+
+    def missing_branch_error(self) -> RegistryError | None:
+        """After a fetch that found no branch: the error when the registry is not empty (other
+        branches or tags), None when it has no refs at all (a new registry, to be initialized)."""
+        branch = self.branch
         branches = self.git("for-each-ref", "--format=%(refname:lstrip=3)", "refs/remotes/origin/").split()
         tags = self.git("for-each-ref", "--count=1", "--format=%(refname)", f"{TAG_NAMESPACE}/")
         if branches or tags:
-            raise RegistryError(
+            return RegistryError(
                 f"the registry repository {self.repo_url} has no branch {branch!r} but is not empty "
                 f"(branches: {', '.join(sorted(branches)[:20]) or 'none'}; tags: {'yes' if tags else 'none'}). "
                 "Only a repository without any refs is initialized; set the registry's branch to an existing "
                 "branch, or restore the branch on the registry (tags keep their commits)."
             )
-        return False
+        return None
 
     def _initialize_registry(self) -> None:
         """First publish into an empty repository: DVC set up, one commit (not pushed on its own)."""

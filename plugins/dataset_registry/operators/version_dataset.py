@@ -285,8 +285,8 @@ class VersionDatasetOperator(BaseOperator):
                 raise PublishDeadlineError(f"{exc} (publish_timeout: the project YAML key, else the "
                                            f"{self.registry_conn_id!r} connection's extra)") from None
         finally:
-            client.wait_ahead()
             staging.unlink(missing_ok=True)
+            client.wait_ahead()  # no git child outlives the task (the fetch never waits for the lock)
 
         query_types = dict(zip(result.columns, result.column_types))
         event = {**published.as_dict(), "window_start": start.isoformat(), "window_end": end.isoformat(),
