@@ -164,3 +164,20 @@ def test_a_fetch_ahead_does_not_wait_for_a_busy_clone(registry, caplog):
     assert "syncing the working clone ahead failed" in caplog.text
     fetches = _count_fetches(client)
     assert publish_with(client, "sales", "v1", CONTENT).created and len(fetches) == 1
+
+
+def test_a_tag_on_the_head_s_data_is_never_put_on_a_branch_head_that_moved_on(tmp_path, registry):
+    """The version's data equals the head of our (old) view, so no commit is needed there; but the
+    branch has moved on meanwhile: the tag must go on a commit at the current tip, not the old one."""
+    ahead = client_for(registry)
+    old_head = publish_with(ahead, "sales", "v1", CONTENT).commit
+    ahead.sync_ahead()
+    ahead.wait_ahead()  # the view: main at v1's commit
+    other = client_for(registry, tmp_path / "other-worker")
+    publish_with(other, "sales", "v2", CONTENT + b"9,x\n")  # main moves on, to other data
+    result = publish_with(ahead, "sales", "v3", CONTENT)  # v1's bytes again
+    main = registry.git("rev-parse", "main")
+    assert result.created and result.commit == main != old_head
+    assert registry.git("rev-parse", "sales/v3^{commit}") == main
+    assert md5(CONTENT) in registry.git("show", "main:sales/train.csv.dvc")
+    assert registry.git("rev-list", "--count", "main") == "4"  # init, v1, v2, v3: linear

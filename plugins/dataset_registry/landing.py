@@ -42,7 +42,8 @@ class Landing:
 
     def propose(self, project: str, output: str, tag: str, md5: str, size: int, message: str) -> str | None:
         """Push this version's proposal to its own pending ref (no other publisher writes that ref).
-        Returns the proposal's commit when the push created the ref, else None."""
+        Returns the proposal's commit when the push created the ref and the clone recorded it (so a
+        first landing round may go without fetching), else None (the caller fetches first)."""
         git = self.clone.git
         dvc_blob = git("hash-object", "-w", "--stdin", input_text=dvc_file_text(output, md5, size))
         inner = git("mktree", input_text=f"100644 blob {dvc_blob}\t{output}.dvc\n")
@@ -53,7 +54,9 @@ class Landing:
             log.info("proposal ref for %s exists already or could not be pushed; the landing round decides", tag)
             return None
         # as a fetch would record it: a first landing round can go without fetching (see ``land``)
-        git("update-ref", f"{PENDING_LOCAL}/{tag}", proposal)
+        if self.clone.git_process("update-ref", f"{PENDING_LOCAL}/{tag}", proposal).returncode != 0:
+            log.info("could not record the proposal of %s in the working clone; fetching before landing", tag)
+            return None
         return proposal
 
     def fetch(self) -> None:
@@ -81,12 +84,16 @@ class Landing:
         base = origin or self.clone.git("rev-parse", "HEAD")  # HEAD: a fresh registry's init commit
         tip, landing, done = self._plan(base)
         tags = list(landing)
-        refspecs = [f"{tip}:refs/heads/{branch}"] if tip != base or not origin else []
-        refspecs += [f"refs/tags/{t}:refs/tags/{t}" for t in tags] + [f":{PENDING_NAMESPACE}/{t}" for t in done]
-        # compare-and-swap on the branch: it moves only from the tip this round built on ("": it must
-        # not exist yet), so a round on an old view (moved, or deleted, branch) can only lose
-        lease = f"--force-with-lease=refs/heads/{branch}:{origin}"
-        pushed = self.clone.git_process("push", "--porcelain", "--atomic", lease, "origin", *refspecs)
+        # Compare-and-swap on every ref but the new tags (which must not exist: never forced): the
+        # branch moves only from the tip this round built on ("": it must not exist yet), even when
+        # it does not move (a tag on the head's commit), and a proposal is deleted only if it is the
+        # one this round read; so a round on an old view (branch moved or deleted, proposal
+        # replaced) can only lose.
+        refspecs = [f"{tip}:refs/heads/{branch}"] + [f"refs/tags/{t}:refs/tags/{t}" for t in tags]
+        refspecs += [f":{PENDING_NAMESPACE}/{t}" for t in done]
+        leases = [f"--force-with-lease=refs/heads/{branch}:{origin}"]
+        leases += [f"--force-with-lease={PENDING_NAMESPACE}/{t}:{sha}" for t, sha in done.items()]
+        pushed = self.clone.git_process("push", "--porcelain", "--atomic", *leases, "origin", *refspecs)
         if pushed.returncode == 0:
             log.info("landed %d version(s) at commit %s: %s", len(tags), tip[:12], ", ".join(tags[:20]))
             self._after_push(branch, tip, tags, done)
@@ -100,14 +107,15 @@ class Landing:
         raise RegistryError(f"git push to the registry repository {self.clone.repo_url} failed "
                             f"(exit {pushed.returncode}): {detail[-1500:]}")
 
-    def _plan(self, base: str) -> tuple[str, dict[str, dict], list[str]]:
-        """(new tip, {tag: proposal} to create, pending refs to delete) for every valid pending proposal.
+    def _plan(self, base: str) -> tuple[str, dict[str, dict], dict[str, str]]:
+        """(new tip, {tag: proposal} to create, {tag: proposal commit} of the pending refs to delete)
+        for every valid pending proposal.
 
         Each proposal is checked (names, exactly one ``<project>/<output>.dvc``, a valid md5); an
         invalid one is dropped (its ref deleted) with a warning, never landed.
         """
         records = self.clone.git("for-each-ref", "--format=%(refname) %(objectname)", f"{PENDING_LOCAL}/")
-        proposals, done = [], []
+        proposals, done = [], {}
         for line in records.splitlines()[:MAX_BATCH]:
             ref, sha = line.split(" ", 1)
             tag = ref[len(PENDING_LOCAL) + 1:]
@@ -115,18 +123,19 @@ class Landing:
                 proposal = self._read_proposal(tag, sha)
             except (RegistryError, InvalidNameError, CommandError) as exc:
                 log.warning("dropping invalid proposal %s: %s", tag, exc)
-                done.append(tag)
+                done[tag] = sha
                 continue
             if self.clone.git("rev-parse", "-q", "--verify", remote_tag_ref(tag), check=False):
-                done.append(tag)  # landed already (its owner compares md5s)
+                done[tag] = sha  # landed already (its owner compares md5s)
                 continue
+            proposal["sha"] = sha
             proposals.append(proposal)
         tip, landing = base, {}
         for p in sorted(proposals, key=lambda p: (p["created"], p["tag"])):
             tip = self._commit_on(tip, p["project"], p["output"], p["version"], p["rows"], p["md5"], p["blob"])
             self.clone.git(*COMMITTER, "tag", "-f", "-a", "-m", p["message"], p["tag"], tip)
             landing[p["tag"]] = {**p, "commit": tip}
-            done.append(p["tag"])
+            done[p["tag"]] = p["sha"]
         return tip, landing, done
 
     def _read_proposal(self, tag: str, sha: str) -> dict:
@@ -169,19 +178,20 @@ class Landing:
         return git(*COMMITTER, "commit-tree", tree, "-p", base, "-m",
                    f"{project}: version {version} ({rows} rows, md5 {md5})")
 
-    def _registry_changed(self, base: str, done: list[str], tags: list[str]) -> bool:
-        """After a failed push: did someone else move the branch, land/drop proposals or create one
-        of these tags (another run of the same version, on the same tip: a lost race), or is the
-        failure ours to report (rejected, unreachable)?"""
+    def _registry_changed(self, base: str, done: dict[str, str], tags: list[str]) -> bool:
+        """After a failed push: did someone else move the branch, land, drop or replace proposals, or
+        create one of these tags (another run of the same version, on the same tip: a lost race), or
+        is the failure ours to report (rejected, unreachable)?"""
         self.fetch()
         tip = self.clone.origin_tip()
         if tip != base and (tip or self.clone.missing_branch_error() is not None):
             return True  # moved, or deleted (the next round reports that)
         if any(self.clone.git("rev-parse", "-q", "--verify", remote_tag_ref(t), check=False) for t in tags):
             return True
-        return any(not self.is_pending(t) for t in done)
+        return any(self.clone.git("rev-parse", "-q", "--verify", f"{PENDING_LOCAL}/{t}", check=False) != sha
+                   for t, sha in done.items())
 
-    def _after_push(self, branch: str, commit: str, tags: list[str], done: list[str]) -> None:
+    def _after_push(self, branch: str, commit: str, tags: list[str], done: dict[str, str]) -> None:
         """Bookkeeping only: the push landed, so a failure here must not turn it into a failed publish
         (the next fetch writes the same refs anyway). The proposals it removed go from the clone's
         view too, so a first round that lands on that view does not try to remove them again."""

@@ -37,7 +37,9 @@ from dataset_registry.registry_errors import (
     PublishDeadlineError, RegistryError, VersionConflictError, VersionNotFoundError,
 )
 from dataset_registry.registry_settings import RegistrySettings
-from dataset_registry.working_clone import RegistryVersions, VersionInfo, WorkingClone, message_field, tag_message
+from dataset_registry.working_clone import (
+    AHEAD_MAX_AGE, RegistryVersions, VersionInfo, WorkingClone, message_field, tag_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +148,7 @@ class PublishProtocol:
         attempt = 0
         while True:
             attempt += 1
-            if attempt > 1 or proposed is None:
+            if attempt > 1 or proposed is None or not self.clone.fetched_within(AHEAD_MAX_AGE):
                 self.landing.fetch()  # raises when the registry is unreachable
             # else: the first round lands on what step 1 fetched (tip, tags, proposals) plus our
             # proposal: a quiet registry costs no second fetch; a moved one loses the round

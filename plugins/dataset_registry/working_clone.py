@@ -172,6 +172,7 @@ class WorkingClone:
         self.remote_url = remote_url
         self.runner = runner
         self._ahead: threading.Thread | None = None
+        self.fetched_at: float | None = None  # time.monotonic() of the last successful fetch
         self._ahead_done: float | None = None  # time.monotonic() when a sync ahead found the branch
 
     def git(self, *args: str, check: bool = True, what: str | None = None, input_text: str | None = None,
@@ -281,6 +282,7 @@ class WorkingClone:
                          "+refs/heads/*:refs/remotes/origin/*", f"+refs/tags/*:{TAG_NAMESPACE}/*",
                          f"+{PENDING_NAMESPACE}/*:{PENDING_LOCAL}/*", *refspecs,
                          what=f"git fetch from the registry repository {self.repo_url}")
+                self.fetched_at = time.monotonic()
                 return
             except CommandError as exc:
                 if attempt == FETCH_ATTEMPTS or not dropped_connection(f"{exc} {exc.output}"):
@@ -299,6 +301,10 @@ class WorkingClone:
                 f"registry repository {self.repo_url} (branch {self.branch}) has commits "
                 "but no .dvc folder: it is not a DVC repository; point repo_url at a dataset registry"
             )
+
+    def fetched_within(self, seconds: float) -> bool:
+        """Whether this clone's view of the registry was fetched (by this object) at most ``seconds`` ago."""
+        return self.fetched_at is not None and time.monotonic() - self.fetched_at <= seconds
 
     def origin_tip(self) -> str:
         """The registry branch's commit as last fetched ("" before it exists)."""
