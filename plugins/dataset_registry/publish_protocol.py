@@ -1,8 +1,9 @@
 """The publish and pull protocol, step by step as the README tells it: what makes a tag trustworthy.
 
 Publish, under the working clone's flock:
-1. the clone is reused: stale git locks cleared, fetch, hard reset, re-created if broken; only a
-   repository with no refs at all is new (initialized), a missing branch in a non-empty one is an error;
+1. the clone is reused: stale git locks cleared, fetch (or the one ``sync_ahead`` made during the
+   export, under its own hold of the lock), hard reset, re-created if broken; only a repository with
+   no refs at all is new (initialized), a missing branch in a non-empty one is an error;
 2. the export (hashed while it was written) replaces whatever the DVC cache holds under that md5;
 3. if the tag exists: different md5 -> VersionConflictError naming both md5s; same md5 -> step 4,
    then done without a commit (this is how a lost remote object is restored);
@@ -14,8 +15,8 @@ Publish, under the working clone's flock:
    fetches include the proposals) plus our proposal, later rounds after a fetch. Rounds lost to other
    publishers or to an old view, and connections the registry's server dropped (sshd's MaxStartups
    under a burst of publishers), are retried with full-jitter exponential back-off until
-   ``publish_timeout`` (a deadline, not an attempt count); a proposal that vanished is proposed again. Only the run whose publish id is in the tag reports
-   ``created``.
+   ``publish_timeout`` (a deadline, not an attempt count); a proposal that vanished is proposed again.
+   Only the run whose publish id is in the tag reports ``created``.
 Pull: resolve the tag (the newest by default) -> the object into the worker's DVC cache (downloaded
 and hashed, unless already there) -> a copy to the destination, hashed on the way.
 Tags are never deleted, moved or force-pushed on the remote.

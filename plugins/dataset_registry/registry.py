@@ -90,8 +90,8 @@ class RegistryClient(PublishProtocol):
         return self.clone.locked()
 
     def sync_ahead(self) -> None:
-        """Fetch the registry in a background thread while the caller exports; the next publish (or
-        any locked sync) within ``AHEAD_MAX_AGE`` s uses it instead of fetching (``WorkingClone.sync_ahead``)."""
+        """Fetch the registry in a background thread while the caller exports; the next publish within
+        ``AHEAD_MAX_AGE`` s uses it instead of fetching (``WorkingClone.sync_ahead``)."""
         self.clone.sync_ahead()
 
     def wait_ahead(self) -> None:

@@ -193,12 +193,12 @@ class WorkingClone:
             yield
 
     def sync_ahead(self) -> None:
-        """Start a sync in a background thread, under the lock, so that the registry's round trip
-        overlaps the caller's own work (a version run's export). The next ``sync`` within
-        ``AHEAD_MAX_AGE`` seconds uses what it fetched instead of fetching again; that sync still
-        resets and cleans the clone, and the landing rounds fetch on their own, so a registry that
-        moved meanwhile is still seen before anything is tagged. A failure here is only logged: the
-        next ``sync`` fetches itself and reports it."""
+        """Start a sync in a background thread, under the lock if it is free, so that the registry's
+        round trip overlaps the caller's own work (a version run's export). The publish's sync
+        (``reuse_ahead``) within ``AHEAD_MAX_AGE`` seconds uses what it fetched instead of fetching
+        again, and only resets and cleans the clone; a registry that moved meanwhile is still seen
+        before anything is tagged, because every landing push is a compare-and-swap on what it read.
+        A failure here is only logged: the publish then fetches itself and reports it."""
         if self._ahead is not None:
             return
         self._ahead_done = None
